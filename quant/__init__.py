@@ -1,0 +1,1 @@
+"""quant: datasets, models, quantization-aware training and export (the golden models)."""
