@@ -1,0 +1,64 @@
+# qdeploy: the two commands a new user needs are `make target=fpga build` and `make test`.
+# The first call creates .venv from requirements.lock (nothing to install by hand).
+
+PYTHON  ?= python3
+VENV    := .venv
+PY      := $(VENV)/bin/python
+target  ?= fpga
+recipe  ?=
+RECIPE  := $(if $(recipe),--recipe $(recipe),)
+QDEPLOY := $(PY) -m qdeploy
+STAMP   := $(VENV)/.installed
+
+.PHONY: setup train export build parity report bench test test-slow clean lock help
+
+help:
+	@echo "make target=fpga|npu|gpu build   build a target on the embedded default (or recipe=recipes/X.yaml)"
+	@echo "make train | export | parity | bench | test | test-slow | clean | setup | lock"
+
+setup: $(STAMP)
+
+# requirements.lock is a full freeze, installed without resolution (--no-deps): see README
+# "Environment" for the one override (brevitas 0.13.4 over finn-plus's brevitas==0.13.0 pin).
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=25"
+	$(PY) -m pip install --quiet --no-deps -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -c "import torch, brevitas, qonnx, finn, nncf, openvino, onnxruntime; print('environment ready: torch', torch.__version__, 'brevitas', brevitas.__version__)"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(QDEPLOY) train $(RECIPE)
+
+export: $(STAMP)
+	$(QDEPLOY) export $(RECIPE)
+
+build: $(STAMP)
+	$(QDEPLOY) build --target $(target) $(RECIPE)
+
+parity: $(STAMP)
+	$(QDEPLOY) parity $(RECIPE)
+
+report: $(STAMP)
+	$(QDEPLOY) report $(RECIPE)
+
+bench: $(STAMP)
+	$(QDEPLOY) bench $(RECIPE)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow and not bench" -q --durations=15
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m "slow" -q --durations=15
+
+# Regenerate the lock from requirements/top.txt in a scratch env (needs the registries).
+lock:
+	rm -rf /tmp/qdeploy-lock && $(PYTHON) -m venv /tmp/qdeploy-lock
+	/tmp/qdeploy-lock/bin/pip install --quiet -r requirements/top.txt
+	/tmp/qdeploy-lock/bin/pip install --quiet --no-deps finn-plus==1.6.1
+	(head -2 requirements.lock; /tmp/qdeploy-lock/bin/pip freeze --all | grep -vE "^(-e|pip==|wheel==)" | sed 's/+cpu$$//') > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf build FINN_TMP .benchmarks

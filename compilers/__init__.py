@@ -1,0 +1,1 @@
+"""compilers: lower a trained, quantized model to one target's artifacts (FINN, NPU, GPU)."""

@@ -1,0 +1,5 @@
+import sys
+
+from qdeploy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,101 @@
+"""`qdeploy` command line: a thin layer over the library.
+
+    qdeploy train  [--recipe R] [--set key=value ...]
+    qdeploy export [--recipe R]
+    qdeploy build  --target fpga|npu|gpu [--recipe R] [--model their.onnx --samples DIR]
+    qdeploy parity [--recipe R]
+    qdeploy bench  [--recipe R]
+    qdeploy report [--recipe R]
+
+User mistakes print one line and exit non-zero; nothing half-written is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from qdeploy.errors import UserError
+
+TARGETS = ("fpga", "npu", "gpu")
+
+
+def _parse_set(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set model.weight_bits=3")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qdeploy", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--recipe", help="YAML recipe (default: the embedded default job)")
+    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
+    common.add_argument("--build-dir", default="build", help="root of all artifacts (default: build)")
+    common.add_argument("--force", action="store_true", help="rerun the last stage even when up to date")
+    sub.add_parser("train", parents=[common], help="float pre-training then QAT; prints both metrics")
+    sub.add_parser("export", parents=[common], help="export the QAT model to QONNX and check it")
+    b = sub.add_parser("build", parents=[common], help="build a target artifact")
+    b.add_argument("--target", required=True, help="fpga, npu or gpu")
+    b.add_argument("--model", help="bring your own QONNX model (fpga only)")
+    b.add_argument("--samples", help="folder of sample images for --model parity")
+    sub.add_parser("parity", parents=[common], help="parity report over every built target")
+    sub.add_parser("bench", parents=[common], help="throughput of every runtime present")
+    sub.add_parser("report", parents=[common], help="render the report from the last parity run")
+    return p
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from qdeploy.recipe import load_recipe
+    from qdeploy.steps import Context
+
+    recipe = load_recipe(args.recipe, _parse_set(args.set))
+    ctx = Context(recipe=recipe, build_dir=Path(args.build_dir) / recipe.name)
+    if args.command in ("train", "export"):
+        from qdeploy.stages import run_plan
+
+        run_plan(ctx, args.command, force=args.force)
+    elif args.command == "build":
+        if args.target not in TARGETS:
+            raise UserError(f"unknown target {args.target!r}; valid: {', '.join(TARGETS)}")
+        if args.model:
+            from qdeploy.byom import build_own_model
+
+            build_own_model(ctx, args.target, Path(args.model), args.samples)
+        else:
+            from qdeploy.stages import run_plan
+
+            run_plan(ctx, args.target, force=args.force)
+    elif args.command in ("parity", "report"):
+        from reference.parity import run_parity
+
+        run_parity(ctx, render_only=args.command == "report")
+    elif args.command == "bench":
+        from reference.bench import run_bench
+
+        run_bench(ctx)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except UserError as e:
+        print(f"qdeploy: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("qdeploy: interrupted; finished stages are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

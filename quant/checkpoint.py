@@ -1,0 +1,80 @@
+"""Checkpoints: a weights-only state_dict (`<stem>.pt`) beside a JSON config (`<stem>.json`).
+
+The JSON says how to rebuild the model (registry name and arguments), the class names,
+the operating threshold and the metrics; the .pt holds tensors only and is loaded with
+`torch.load(weights_only=True)`, so a checkpoint can never run code.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import torch
+
+from qdeploy.atomic import atomic_path, write_json
+from qdeploy.errors import UserError
+
+
+def save_checkpoint(stem: str | Path, model: torch.nn.Module, meta: dict) -> Path:
+    """meta must hold "model": the create_model keyword arguments."""
+    stem = Path(stem)
+    if "model" not in meta:
+        raise ValueError("checkpoint meta needs the 'model' create_model arguments")
+    with atomic_path(stem.with_suffix(".pt")) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    write_json(stem.with_suffix(".json"), meta)
+    return stem
+
+
+def read_meta(stem: str | Path) -> dict:
+    path = Path(stem).with_suffix(".json")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"checkpoint config {path} not found: train first (make train)") from None
+    except ValueError as e:
+        raise UserError(f"checkpoint config {path} is not valid JSON ({e})") from None
+
+
+def load_state(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} not found: train first (make train)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{path} is not a weights-only checkpoint (it pickles Python objects); "
+                        "re-save it as a plain state_dict of tensors") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"{path} is not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state_dict of tensors")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UserError(f"{path} holds NaN/inf weights (first: {bad[0]}); retrain or use an earlier checkpoint")
+    return state
+
+
+def load_into(model: torch.nn.Module, state: dict, source: str) -> torch.nn.Module:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
+                else f"shape of {wrong[0]} {tuple(state[wrong[0]].shape)} != {tuple(own[wrong[0]].shape)}")
+        raise UserError(f"{source} does not fit this architecture ({what}); "
+                        "it was saved for another model, width or class count")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def load_checkpoint(stem: str | Path):
+    """-> (model in eval mode, meta)."""
+    from quant.models import create_model
+
+    stem = Path(stem)
+    meta = read_meta(stem)
+    model = create_model(**meta["model"])
+    return load_into(model, load_state(stem.with_suffix(".pt")), str(stem.with_suffix(".pt"))), meta

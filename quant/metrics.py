@@ -1,0 +1,129 @@
+"""Classification metrics for inspection: accuracy, P/R/F1, AP, AUROC, confusion matrix,
+recall at a fixed false-positive rate, and the operating threshold.
+
+Scores: the "defect score" of an image is P(defect) = 1 - P(ok class). Datasets without
+an ok class (e.g. NEU: every image is a defect type) have no defect score; their
+metrics are the multi-class ones only.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    confusion_matrix,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def defect_scores(logits: np.ndarray, ok_index: int | None) -> np.ndarray | None:
+    """P(defect) per image, or None when the dataset has no ok class."""
+    if ok_index is None:
+        return None
+    return 1.0 - softmax(np.asarray(logits, dtype=np.float64))[:, ok_index]
+
+
+def is_defect(labels: np.ndarray, ok_index: int | None) -> np.ndarray | None:
+    return None if ok_index is None else (np.asarray(labels) != ok_index)
+
+
+def threshold_for_recall(scores: np.ndarray, positive: np.ndarray, target_recall: float) -> float:
+    """Highest threshold t with recall(scores >= t) >= target_recall."""
+    pos = np.sort(scores[positive])[::-1]
+    if len(pos) == 0:
+        return 0.5
+    k = int(np.ceil(target_recall * len(pos))) - 1
+    return float(pos[min(max(k, 0), len(pos) - 1)])
+
+
+def threshold_for_fpr(scores: np.ndarray, positive: np.ndarray, target_fpr: float) -> float:
+    """Lowest threshold t with FPR(scores >= t) <= target_fpr."""
+    neg = np.sort(scores[~positive])[::-1]
+    if len(neg) == 0:
+        return 0.5
+    allowed = int(np.floor(target_fpr * len(neg)))  # negatives that may score >= t
+    if allowed >= len(neg):
+        return float(neg[-1])
+    return float(np.nextafter(neg[allowed], np.inf))
+
+
+def choose_threshold(logits, labels, ok_index, target_recall=None, target_fpr=None) -> float | None:
+    scores = defect_scores(logits, ok_index)
+    if scores is None:
+        return None
+    positive = is_defect(labels, ok_index)
+    if target_fpr is not None:
+        return threshold_for_fpr(scores, positive, target_fpr)
+    return threshold_for_recall(scores, positive, target_recall if target_recall is not None else 0.95)
+
+
+def recall_at_fpr(scores: np.ndarray, positive: np.ndarray, fpr: float) -> float:
+    if positive.all() or (~positive).all():
+        return float("nan")
+    f, t, _ = roc_curve(positive, scores)
+    return float(t[f <= fpr].max()) if (f <= fpr).any() else 0.0
+
+
+def evaluate(logits, labels, ok_index: int | None, threshold: float | None = None, report_fpr: float = 0.01) -> dict:
+    """All metrics for one set of logits. Keys are stable: reports rely on them."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    n_classes = logits.shape[1]
+    pred = logits.argmax(axis=1)
+    p, r, f1, _ = precision_recall_fscore_support(labels, pred, average="macro", labels=range(n_classes), zero_division=0)
+    out = {
+        "n": int(len(labels)),
+        "accuracy": float((pred == labels).mean()),
+        "precision": float(p),
+        "recall": float(r),
+        "f1": float(f1),
+        "confusion_matrix": confusion_matrix(labels, pred, labels=range(n_classes)).tolist(),
+    }
+    scores = defect_scores(logits, ok_index)
+    if scores is None:
+        return out
+    positive = is_defect(labels, ok_index)
+    both = positive.any() and (~positive).any()
+    out["ap"] = float(average_precision_score(positive, scores)) if both else float("nan")
+    out["auroc"] = float(roc_auc_score(positive, scores)) if both else float("nan")
+    out[f"recall_at_fpr"] = recall_at_fpr(scores, positive, report_fpr)
+    out["report_fpr"] = report_fpr
+    if threshold is not None:
+        flagged = scores >= threshold
+        tp = int((flagged & positive).sum())
+        fp = int((flagged & ~positive).sum())
+        fn = int((~flagged & positive).sum())
+        out["threshold"] = float(threshold)
+        out["op_recall"] = tp / max(tp + fn, 1)
+        out["op_precision"] = tp / max(tp + fp, 1)
+        out["op_fpr"] = fp / max(int((~positive).sum()), 1)
+        out["op_f1"] = 2 * tp / max(2 * tp + fp + fn, 1)
+    # binary-view F1/precision/recall of the argmax decision (defect vs ok)
+    pred_def = pred != ok_index
+    bp, br, bf, _ = precision_recall_fscore_support(positive, pred_def, average="binary", zero_division=0)
+    out.update(defect_precision=float(bp), defect_recall=float(br), defect_f1=float(bf))
+    return out
+
+
+def agreement(a_logits: np.ndarray, b_logits: np.ndarray) -> dict:
+    """How closely two models' outputs agree on the same inputs."""
+    a = np.asarray(a_logits, dtype=np.float64)
+    b = np.asarray(b_logits, dtype=np.float64)
+    d = np.abs(a - b)
+    scale = float(np.abs(a).max()) or 1.0
+    flips = np.flatnonzero(a.argmax(1) != b.argmax(1))
+    return {
+        "n": int(len(a)),
+        "argmax_agreement": float(1.0 - len(flips) / max(len(a), 1)),
+        "max_abs_diff": float(d.max()) if d.size else 0.0,
+        "max_abs_diff_rel": float(d.max() / scale) if d.size else 0.0,
+        "logit_scale": scale,
+        "flipped_indices": flips[:20].tolist(),
+    }

@@ -1,0 +1,121 @@
+"""The training loop shared by float pre-training, Brevitas QAT and NNCF QAT.
+
+Reads top to bottom like torchvision's reference script:
+data -> loss -> optimizer -> schedule -> loop (train_one_epoch, evaluate) -> best state.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from qdeploy.steps import console
+from quant import metrics
+from quant.augment import augment_batch
+from quant.losses import make_loss
+from quant.preprocess import to_input
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _loader(imageset, cfg, gen: torch.Generator, train: bool) -> DataLoader:
+    sampler = None
+    shuffle = False
+    if train and cfg.sampler == "weighted":
+        counts = np.bincount(imageset.labels, minlength=int(imageset.labels.max()) + 1).astype(np.float64)
+        w = 1.0 / np.sqrt(np.maximum(counts[imageset.labels], 1))  # sqrt: balance without overfitting the rare class
+        sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=len(imageset), replacement=True, generator=gen)
+    elif train:
+        shuffle = True
+    return DataLoader(imageset, batch_size=cfg.batch_size if train else 256, sampler=sampler,
+                      shuffle=shuffle, generator=gen if shuffle else None, num_workers=0)
+
+
+@torch.no_grad()
+def predict(model, imageset, batch_size: int = 256) -> np.ndarray:
+    """float32 logits [N, C] of `model` over the whole set, in order."""
+    model.eval()
+    out = []
+    for pixels, _ in DataLoader(imageset, batch_size=batch_size, shuffle=False, num_workers=0):
+        out.append(torch.as_tensor(model(to_input(pixels))).float().numpy())
+    return np.concatenate(out)
+
+
+def _score(m: dict) -> float:
+    # validation criterion for early stopping: AP for defect/ok tasks, else macro F1
+    return m.get("ap", m["f1"]) if not math.isnan(m.get("ap", 0.0)) else m["f1"]
+
+
+def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str) -> dict:
+    """Train `model` in place; keep the state with the best validation score.
+
+    Returns the history: per-epoch train loss and validation metrics.
+    """
+    torch.set_num_threads(cfg.threads)
+    gen = seed_everything(seed)
+    history = {"label": label, "epochs": []}
+    if epochs == 0:
+        return history
+    loader = _loader(splits.train, cfg, gen, train=True)
+    num_classes = len(splits.class_names)
+    criterion = make_loss(cfg.loss, splits.train.labels, num_classes)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.2)
+    best, best_state, since_best = -1.0, None, 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"{label}", total=epochs * len(loader), info="")
+        for epoch in range(epochs):
+            t0 = time.perf_counter()
+            loss_sum, n_seen = train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen,
+                                               lambda: progress.advance(task))
+            val_logits = predict(model, splits.val)
+            m = metrics.evaluate(val_logits, splits.val.labels, splits.ok_index, report_fpr=cfg.report_fpr)
+            score = _score(m)
+            history["epochs"].append({"epoch": epoch + 1, "train_loss": loss_sum / max(n_seen, 1),
+                                      "val": {k: v for k, v in m.items() if k != "confusion_matrix"},
+                                      "seconds": round(time.perf_counter() - t0, 2)})
+            progress.update(task, info=f"loss {loss_sum / max(n_seen, 1):.3f} val acc {m['accuracy']:.3f} score {score:.3f}")
+            if score > best:
+                best, best_state, since_best = score, copy.deepcopy(model.state_dict()), 0
+            else:
+                since_best += 1
+                if since_best >= cfg.patience:
+                    console.print(f"{label}: early stop after epoch {epoch + 1} (no validation gain for {cfg.patience})")
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history["best_val_score"] = best
+    model.eval()
+    return history
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen, tick) -> tuple[float, int]:
+    model.train()
+    loss_sum, n_seen = 0.0, 0
+    for pixels, target in loader:
+        x = to_input(pixels)
+        if cfg.augment:
+            x = augment_batch(x, gen)
+        logits = model(x)
+        loss = criterion(torch.as_tensor(logits), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += float(loss) * len(target)
+        n_seen += len(target)
+        tick()
+    return loss_sum, n_seen
