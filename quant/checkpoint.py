@@ -57,16 +57,14 @@ def load_state(path: str | Path) -> dict:
 
 
 def load_into(model: torch.nn.Module, state: dict, source: str) -> torch.nn.Module:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
-                else f"shape of {wrong[0]} {tuple(state[wrong[0]].shape)} != {tuple(own[wrong[0]].shape)}")
-        raise UserError(f"{source} does not fit this architecture ({what}); "
-                        "it was saved for another model, width or class count")
-    model.load_state_dict(state)
+    # strict loading through the model's own hooks (Brevitas creates some quantizer
+    # parameters, e.g. statistics-initialised scales, only when they are loaded)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split("\n\t")[1:2]).strip() or str(e).splitlines()[0]
+        raise UserError(f"{source} does not fit this architecture ({detail[:160]}); "
+                        "it was saved for another model, width or class count") from None
     return model.eval()
 
 

@@ -72,7 +72,7 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str) -> di
     criterion = make_loss(cfg.loss, splits.train.labels, num_classes)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader), pct_start=0.2)
+    scheduler = warmup_cosine(optimizer, total_steps=epochs * len(loader))
     best, best_state, since_best = -1.0, None, 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
     with Progress(*columns, console=console, transient=False) as progress:
@@ -102,6 +102,13 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str) -> di
     return history
 
 
+def warmup_cosine(optimizer, total_steps: int, warmup_fraction: float = 0.1):
+    """Linear warm-up, then cosine decay to zero."""
+    warm = max(1, int(warmup_fraction * total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+
+
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen, tick) -> tuple[float, int]:
     model.train()
     loss_sum, n_seen = 0.0, 0
@@ -115,7 +122,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen, ti
         loss.backward()
         optimizer.step()
         scheduler.step()
-        loss_sum += float(loss) * len(target)
+        loss_sum += float(loss.detach()) * len(target)
         n_seen += len(target)
         tick()
     return loss_sum, n_seen

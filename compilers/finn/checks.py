@@ -1,0 +1,272 @@
+"""Reject, before the flow starts, a QONNX model that FINN cannot lower to hardware.
+
+FINN fails late and obscurely on these (an assertion deep in streamlining, a graph
+that cannot be partitioned, shapes corrupted by a transformation). Each rule here
+names the offending node, the PyTorch layer it came from when the exporter recorded
+it, the rule, and the fix. `find_problems` lists every problem; `check_lowerable`
+raises the first as a UserError.
+
+Rules (see ../shared/notes/fpga-finn.md for what was measured):
+- activation:      Sigmoid / SiLU (swish) / HardSwish / HardSigmoid / Tanh / GELU ... have
+                   no FINN hardware layer; use ReLU / ReLU6.
+- softmax:         Softmax / LogSoftmax inside the model; export logits, apply it on the host.
+- squeeze-excite:  a Mul of a feature map by a per-channel tensor computed from the graph.
+- float-input:     a Conv / MatMul / Gemm / pooling reads a tensor that no quantizer
+                   produced (e.g. after ReduceMean / GlobalAveragePool from
+                   nn.AdaptiveAvgPool2d, or after a float BatchNorm).
+- float-weights:   a Conv / MatMul / Gemm weight that is not quantized.
+- residual-scale:  an Add of two quantized tensors with different scales.
+- maxpool-fork:    a MaxPool whose output feeds more than one node.
+- avgpool-after-maxpool: a truncating average pool reading a MaxPool output.
+- graph-io:        not exactly one input [1, C, H, W] and one output.
+"""
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+
+import numpy as np
+
+from qdeploy.errors import UserError
+
+_ACTIVATIONS = {
+    "Sigmoid": "Sigmoid/SiLU (swish)",
+    "HardSigmoid": "HardSigmoid",
+    "HardSwish": "HardSwish",
+    "Tanh": "Tanh",
+    "Gelu": "GELU",
+    "Erf": "GELU (Erf)",
+    "Elu": "ELU",
+    "Selu": "SELU",
+    "Celu": "CELU",
+    "Mish": "Mish",
+    "Softplus": "Softplus",
+    "Softsign": "Softsign",
+    "LeakyRelu": "LeakyReLU",
+    "PRelu": "PReLU",
+    "Exp": "Exp",
+    "Log": "Log",
+}
+_SOFTMAX = {"Softmax", "LogSoftmax"}
+_QUANTIZERS = {"Quant", "BipolarQuant", "Trunc", "MultiThreshold"}
+# Ops whose output is quantized when their data input is (they move or select values).
+_TRANSPARENT = {
+    "MaxPool",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Identity",
+    "Squeeze",
+    "Unsqueeze",
+    "Pad",
+    "Slice",
+    "Split",
+    "Concat",
+    "Relu",
+}
+_COMPUTE = {"Conv": 0, "MatMul": 0, "Gemm": 0}
+_POOLS = {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "GlobalMaxPool", "ReduceMax"}
+_FLOAT_HINTS = {
+    "ReduceMean": "nn.AdaptiveAvgPool2d / mean() export as float ReduceMean: use "
+    "TruncAvgPool2d(kernel_size=H, stride=H, trunc_quant=TruncTo8bit) right after a QuantReLU",
+    "GlobalAveragePool": "nn.AdaptiveAvgPool2d exports as a float GlobalAveragePool: use "
+    "TruncAvgPool2d(kernel_size=H, stride=H, trunc_quant=TruncTo8bit) right after a QuantReLU",
+    "AveragePool": "a float nn.AvgPool2d: use TruncAvgPool2d(..., trunc_quant=TruncTo8bit)",
+    "BatchNormalization": "a BatchNorm output must be re-quantized (QuantReLU / QuantIdentity) "
+    "before the next layer",
+    "Add": "re-quantize the sum with a QuantReLU / QuantIdentity before the next layer",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    node: str
+    op_type: str
+    layer: str  # PyTorch module path recorded by the exporter, "" if unknown
+    rule: str
+    hint: str
+
+    def message(self, source: str = "model") -> str:
+        where = f"layer '{self.layer}' (node {self.node}, {self.op_type})" if self.layer else f"node {self.node} ({self.op_type})"
+        return f"{source}: {where} cannot be lowered to FINN [{self.rule}]: {self.hint}"
+
+
+def layer_name(node) -> str:
+    """The PyTorch module path the torch exporter recorded for `node`, or ""."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return ""
+            if len(scopes) < 2:
+                return ""
+            parts = []
+            for part in scopes[-2].split("."):
+                if "quant" in part or part in ("export_handler", "activation_impl", "fused_activation_quant_proxy"):
+                    break
+                parts.append(part)
+            return ".".join(parts)
+    return ""
+
+
+class _Graph:
+    def __init__(self, model):
+        self.model = model
+        self.init = {t.name for t in model.graph.initializer}
+        self.producer = {o: n for n in model.graph.node for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in model.graph.node:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.inputs = {i.name for i in model.graph.input}
+
+    def is_const(self, name: str) -> bool:
+        if name in self.init:
+            return True
+        p = self.producer.get(name)
+        return p is not None and p.op_type in _QUANTIZERS | {"Constant"} and all(self.is_const(i) for i in p.input[:1])
+
+    def float_source(self, name: str, seen=None):
+        """The node producing an unquantized value that reaches tensor `name`, or None."""
+        seen = set() if seen is None else seen
+        if name in seen or name in self.inputs or self.is_const(name):
+            return None
+        seen.add(name)
+        node = self.producer.get(name)
+        if node is None or node.op_type in _QUANTIZERS:
+            return None
+        if node.op_type in _TRANSPARENT:
+            data = node.input[:1] if node.op_type != "Concat" else node.input
+            for i in data:
+                src = self.float_source(i, seen)
+                if src is not None:
+                    return src
+            return None
+        if node.op_type == "Add" and all(self.float_source(i, seen) is None for i in node.input):
+            return None  # sum of quantized tensors: checked by the residual-scale rule
+        return node
+
+    def shape(self, name: str):
+        try:
+            return self.model.get_tensor_shape(name)
+        except Exception:
+            return None
+
+
+def find_problems(model) -> list[Problem]:
+    """Every reason FINN cannot lower `model` (a QONNX ModelWrapper), in graph order."""
+    from qonnx.util.cleanup import cleanup_model
+
+    model = cleanup_model(model)
+    g = _Graph(model)
+    problems: list[Problem] = []
+
+    def add(node, rule, hint):
+        problems.append(Problem(node.name, node.op_type, layer_name(node), rule, hint))
+
+    dyn_inputs = [i for i in model.graph.input if i.name not in g.init]
+    if len(dyn_inputs) != 1 or len(model.graph.output) != 1:
+        raise UserError(
+            f"the model has {len(dyn_inputs)} inputs and {len(model.graph.output)} outputs: "
+            "FINN lowers one image input [1, C, H, W] to one logits output"
+        )
+    in_shape = g.shape(dyn_inputs[0].name)
+    if in_shape is None or len(in_shape) != 4 or in_shape[0] != 1:
+        raise UserError(
+            f"model input '{dyn_inputs[0].name}' has shape {in_shape}: export with a batch-1 "
+            "NCHW input, e.g. torch.zeros(1, 1, H, W)"
+        )
+
+    for node in model.graph.node:
+        op = node.op_type
+        if op in _ACTIVATIONS:
+            add(node, "activation", f"{_ACTIVATIONS[op]} has no FINN hardware layer; use ReLU/ReLU6 (QuantReLU)")
+        elif op in _SOFTMAX:
+            add(node, "softmax", f"{op} inside the model does not lower; export logits and apply {op} on the host")
+        elif op == "Mul" and _is_squeeze_excite(g, node):
+            add(node, "squeeze-excite", "a feature map scaled by a per-channel gate computed from it "
+                "(squeeze-excite) does not lower; remove the SE block (EfficientNet-Lite / MobileNetV2 style)")
+        elif op in _COMPUTE:
+            src = g.float_source(node.input[0])
+            if src is not None:
+                hint = _FLOAT_HINTS.get(src.op_type, "put a quantizer (QuantIdentity / QuantReLU) in front of it")
+                problems.append(Problem(src.name, src.op_type, layer_name(src), "float-input",
+                                        f"its float output feeds {op} {node.name} unquantized: {hint}"))
+            w = node.input[1]
+            wp = g.producer.get(w)
+            if w in g.init or (wp is not None and wp.op_type not in _QUANTIZERS):
+                add(node, "float-weights", "weights are not quantized: use QuantConv2d / QuantLinear")
+        elif op in _POOLS:
+            src = g.float_source(node.input[0])
+            if src is not None:
+                hint = _FLOAT_HINTS.get(src.op_type, "put a quantizer in front of it")
+                problems.append(Problem(src.name, src.op_type, layer_name(src), "float-input",
+                                        f"its float output feeds {op} {node.name} unquantized: {hint}"))
+            elif op in ("ReduceMean", "GlobalAveragePool") and not _followed_by_quantizer(g, node):
+                add(node, "float-input", _FLOAT_HINTS[op])
+            elif op == "AveragePool" and _reads_maxpool(g, node.input[0]):
+                add(node, "avgpool-after-maxpool", "a truncating average pool right after a MaxPool cannot "
+                    "infer its input sign; put the pool after a QuantReLU (not after the MaxPool)")
+        elif op == "Add":
+            _check_residual(g, node, add)
+        if op == "MaxPool" and len(g.consumers.get(node.output[0], [])) > 1:
+            add(node, "maxpool-fork", "a MaxPool whose output feeds several nodes corrupts FINN's "
+                "layout conversion; use a stride-2 conv stem (or a single consumer)")
+    return problems
+
+
+def check_lowerable(model, source: str = "model") -> None:
+    """Raise UserError naming the first node FINN cannot lower; return None if none."""
+    problems = find_problems(model)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(problems[0].message(source) + more)
+
+
+def _is_squeeze_excite(g: _Graph, node) -> bool:
+    if any(g.is_const(i) for i in node.input):
+        return False
+    shapes = [g.shape(i) for i in node.input]
+    if any(s is None or len(s) != 4 for s in shapes):
+        return False
+    (a, b) = shapes
+    spatial = [int(np.prod(s[2:])) for s in shapes]
+    return a[1] == b[1] and min(spatial) == 1 and max(spatial) > 1
+
+
+def _followed_by_quantizer(g: _Graph, node) -> bool:
+    nxt = g.consumers.get(node.output[0], [])
+    return bool(nxt) and all(n.op_type in _QUANTIZERS for n in nxt)
+
+
+def _reads_maxpool(g: _Graph, name: str) -> bool:
+    p = g.producer.get(name)
+    while p is not None and p.op_type in ("Reshape", "Identity", "Transpose"):
+        p = g.producer.get(p.input[0])
+    return p is not None and p.op_type == "MaxPool"
+
+
+def _quant_scale(g: _Graph, name: str):
+    """(scale, zero point, bits) of the quantizer behind `name`, through transparent ops."""
+    p = g.producer.get(name)
+    while p is not None and p.op_type in _TRANSPARENT and p.op_type != "Concat":
+        p = g.producer.get(p.input[0])
+    if p is None or p.op_type != "Quant":
+        return None
+    vals = [g.model.get_initializer(i) for i in p.input[1:4]]
+    if any(v is None for v in vals):
+        return None
+    return tuple(np.asarray(v, dtype=np.float64) for v in vals)
+
+
+def _check_residual(g: _Graph, node, add) -> None:
+    if any(g.is_const(i) for i in node.input):
+        return
+    qa, qb = (_quant_scale(g, i) for i in node.input)
+    if qa is None or qb is None:
+        return
+    same = all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(qa, qb))
+    if not same:
+        add(node, "residual-scale", "the two operands of this residual Add are quantized with different "
+            "scales; quantize both with the same QuantIdentity instance")

@@ -1,0 +1,269 @@
+"""QONNX -> FINN dataflow design, as an explicit ordered list of named steps.
+
+    lower(qonnx_path, out_dir, part, clock_mhz, target_fps, budget,
+          samples_uint8, reference_logits, folding=None) -> FinnResult
+
+Every step is `step(model, cfg) -> model` (compilers/finn/steps.py). After each step
+the runner saves `intermediate_models/<step>.onnx` and `time_per_step.json` under
+`out_dir`; FINN's own scratch directory (generated code, partitions) is
+`out_dir/finn_tmp`. After the steps, every saved stage is checked against the
+reference logits (parity.py), and the remaining Vivado steps are either run (with
+XILINX_VIVADO set) or written down with the command that runs them (continuation.py).
+
+Output directory:
+    intermediate_models/<step>.onnx, dataflow_parent.onnx, supported_op_partitions/
+    report/estimate_layer_resources.json, estimate_layer_cycles.json,
+           estimate_network_performance.json, op_and_param_counts.json, folding_config.json
+    time_per_step.json, parity.json, finn_result.json
+    finn_build_config.json, NEXT_STEPS.txt      (the Vivado continuation)
+    finn_tmp/                                   (FINN's build dir: HLS/RTL sources)
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from compilers.finn import steps as S
+from compilers.finn.env import ensure_finn, finn_build_dir, tool_environment, vivado_available
+from qdeploy.atomic import write_json
+from qdeploy.errors import UserError
+
+Step = Callable[[Any, S.FlowConfig], Any]
+
+STEPS: tuple[Step, ...] = (
+    S.preprocess,
+    S.qonnx_to_finn,
+    S.tidy_up,
+    S.streamline,
+    S.convert_to_hw,
+    S.minimize_bit_width_initial,
+    S.create_dataflow_partition,
+    S.specialize_layers,
+    S.folding,
+    S.transpose_decomposition,
+    S.minimize_bit_width,
+    S.estimate_reports,
+    S.hw_codegen,
+)
+PARTITION_STEP = "create_dataflow_partition"
+
+
+@dataclass
+class FinnResult:
+    out_dir: Path
+    final_model: Path  # the hw_codegen stage (the dataflow partition)
+    parent_model: Path  # host ops around the partition
+    stages: list[str]
+    time_per_step: dict[str, float]
+    est_fps: float
+    est_latency_ms: float
+    resources: dict[str, float]  # FINN estimate totals: LUT, BRAM_18K, URAM, DSP
+    budget_use: dict[str, float]  # resource / (part capacity * budget); > 1 is over budget
+    parity: list  # [StageParity]
+    host_ops: list[str]
+    generated_sources: dict[str, list[str]]
+    continuation: Optional[str]  # the command that runs the Vivado steps; None when they ran
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def bit_exact(self) -> bool:
+        return bool(self.parity) and all(p.exact for p in self.parity)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["parity"] = [p.to_dict() for p in self.parity]
+        d["bit_exact"] = self.bit_exact
+        return d
+
+
+def run_steps(model, cfg: S.FlowConfig, steps: Sequence[Step] = STEPS, log: Callable[[str], None] = print):
+    """Run `steps` in order; save each stage's model and the step times. Returns the last model."""
+    times: dict[str, float] = {}
+    for i, step in enumerate(steps, 1):
+        name = step.__name__
+        log(f"finn [{i}/{len(steps)}] {name}")
+        t0 = time.perf_counter()
+        model = step(model, cfg)
+        times[name] = round(time.perf_counter() - t0, 3)
+        S.save_model(model, cfg.intermediate_dir / f"{name}.onnx")
+        write_json(cfg.out_dir / "time_per_step.json", times)
+    return model, times
+
+
+def stage_list(cfg: S.FlowConfig, steps: Sequence[Step] = STEPS):
+    from compilers.finn.parity import Stage
+
+    names = [s.__name__ for s in steps]
+    out, parent = [], None
+    for name in names:
+        if name == PARTITION_STEP:
+            parent = cfg.parent_model_path
+        out.append(Stage(name, cfg.intermediate_dir / f"{name}.onnx", parent))
+    return out
+
+
+def lower(
+    qonnx_path: str | Path,
+    out_dir: str | Path,
+    part: Any,
+    clock_mhz: Optional[float] = None,
+    target_fps: float = 1000.0,
+    budget: float = 0.7,
+    samples_uint8: Optional[np.ndarray] = None,
+    reference_logits: Optional[np.ndarray] = None,
+    folding: Optional[S.FoldingFn] = None,
+    streamline: str = "auto",
+    parity_batch: int = 64,
+    log: Callable[[str], None] = print,
+) -> FinnResult:
+    """Lower a QONNX model to a FINN dataflow design with HLS/RTL sources, checking every stage.
+
+    part: a targets.fpga_parts.Part (or its name). clock_mhz: None -> the part's default.
+    samples_uint8: uint8 pixels [N, C, H, W] for parity (None: no parity check).
+    reference_logits: [N, classes] float logits of the trained model on those samples;
+    None -> the QONNX graph itself, executed by qonnx, is the reference.
+    folding: fold(model, part, clock_mhz, target_fps, budget) -> plan with .config/.est_fps;
+    None -> FINN's SetFolding for target_fps.
+    """
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from compilers.finn.checks import check_lowerable
+    from compilers.finn.continuation import run_continuation, write_continuation
+    from compilers.finn.parity import check_stages
+
+    ensure_finn()
+    part = resolve_part(part)
+    clock_mhz = float(clock_mhz or getattr(part, "default_clock_mhz", 0) or 0)
+    if clock_mhz <= 0:
+        raise UserError(f"no clock given and part '{getattr(part, 'name', part)}' has no default clock: pass clock_mhz")
+    if target_fps <= 0 or not 0 < budget <= 1:
+        raise UserError(f"target_fps must be > 0 and budget in (0, 1], got {target_fps} and {budget}")
+    qonnx_path = Path(qonnx_path)
+    model = load_qonnx(qonnx_path)
+    check_lowerable(model, source=qonnx_path.name)
+    in_shape = tuple(model.get_tensor_shape(model.graph.input[0].name))
+    if samples_uint8 is not None:
+        samples_uint8 = check_samples(samples_uint8, in_shape)
+        if reference_logits is None:
+            reference_logits = qonnx_reference(model, samples_uint8, batch=parity_batch)
+        reference_logits = np.asarray(reference_logits, dtype=np.float32)
+        if reference_logits.ndim != 2 or len(reference_logits) != len(samples_uint8):
+            raise UserError(
+                f"reference_logits has shape {reference_logits.shape}; expected [{len(samples_uint8)}, classes] "
+                "(one row per sample)"
+            )
+
+    out_dir = Path(out_dir).resolve()
+    cfg = S.FlowConfig(out_dir, part, clock_mhz, float(target_fps), float(budget), folding, streamline)
+    cfg.intermediate_dir.mkdir(parents=True, exist_ok=True)
+    with finn_build_dir(cfg.finn_tmp):
+        final, times = run_steps(model, cfg, log=log)
+        parity = []
+        if samples_uint8 is not None:
+            log(f"finn parity: {len(samples_uint8)} samples x {len(STEPS)} stages")
+            parity = check_stages(stage_list(cfg), samples_uint8, reference_logits, batch=parity_batch)
+            write_json(out_dir / "parity.json", [p.to_dict() for p in parity])
+        final_path = cfg.intermediate_dir / f"{STEPS[-1].__name__}.onnx"
+        cont = write_continuation(cfg, final_path)
+        command = cont.command_line()
+        if vivado_available():
+            log(f"finn: XILINX_VIVADO is set, running the Vivado steps: {command}")
+            run_continuation(cont, tool_environment(cfg.finn_tmp))
+            command = None
+        else:
+            log(cont.message())
+
+    perf = json.loads((cfg.report_dir / "estimate_network_performance.json").read_text())
+    totals = json.loads((cfg.report_dir / "estimate_layer_resources.json").read_text())["total"]
+    result = FinnResult(
+        out_dir=out_dir,
+        final_model=final_path,
+        parent_model=cfg.parent_model_path,
+        stages=[s.__name__ for s in STEPS],
+        time_per_step=times,
+        est_fps=float(perf["estimated_throughput_fps"]),
+        est_latency_ms=float(perf["estimated_latency_ns"]) / 1e6,
+        resources={k: float(v) for k, v in totals.items()},
+        budget_use=budget_use(totals, part, budget),
+        parity=parity,
+        host_ops=cfg.notes.get("host_ops", []),
+        generated_sources=cfg.notes.get("generated_sources", {}),
+        continuation=command,
+        notes={"config": S.config_summary(cfg), **{k: v for k, v in cfg.notes.items()
+                                                   if k not in ("host_ops", "generated_sources")}},
+    )
+    write_json(out_dir / "finn_result.json", result.to_dict())
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def resolve_part(part):
+    if isinstance(part, str):
+        try:
+            from targets.fpga_parts import get_part
+        except ImportError:
+            raise UserError(f"FPGA part '{part}' given by name but targets.fpga_parts is not available") from None
+        return get_part(part)
+    missing = [a for a in ("fpga_part",) if not getattr(part, a, None)]
+    if missing:
+        raise UserError(f"part {part!r} has no fpga_part (a Xilinx part number such as xczu7ev-ffvc1156-2-e)")
+    return part
+
+
+def load_qonnx(path: Path):
+    import onnx
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    if not path.is_file():
+        raise UserError(f"QONNX model {path} not found")
+    try:
+        return ModelWrapper(str(path))
+    except (onnx.onnx_cpp2py_export.checker.ValidationError, onnx.onnx_cpp2py_export.shape_inference.InferenceError,
+            ValueError, OSError) as e:
+        raise UserError(f"{path} is not a readable ONNX model ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # protobuf DecodeError and friends
+        if type(e).__name__ == "DecodeError":
+            raise UserError(f"{path} is not an ONNX model (protobuf decode failed)") from None
+        raise
+
+
+def check_samples(samples: np.ndarray, in_shape: tuple) -> np.ndarray:
+    samples = np.asarray(samples)
+    if samples.dtype != np.uint8:
+        raise UserError(f"parity samples must be uint8 pixels [N, C, H, W], got dtype {samples.dtype}")
+    if samples.ndim != 4 or tuple(samples.shape[1:]) != tuple(in_shape[1:]) or len(samples) == 0:
+        raise UserError(
+            f"parity samples have shape {samples.shape}; the model takes [N, {', '.join(map(str, in_shape[1:]))}]"
+        )
+    return samples
+
+
+def qonnx_reference(model, samples_uint8: np.ndarray, batch: int = 64) -> np.ndarray:
+    """Logits of the QONNX graph (qonnx's node implementations) on pixels * (1/255)."""
+    from compilers.finn.execute import Executor
+    from quant.preprocess import to_input_np
+
+    ex = Executor(model)
+    (name,) = ex.input_names
+    out = ex.output_names[0]
+    x = to_input_np(samples_uint8)
+    return np.concatenate([ex.run({name: x[i : i + batch]})[out] for i in range(0, len(x), batch)]).reshape(len(x), -1)
+
+
+_CAPACITY = {"LUT": "luts", "BRAM_18K": "bram18", "URAM": "uram", "DSP": "dsp"}
+
+
+def budget_use(totals: dict, part, budget: float) -> dict[str, float]:
+    out = {}
+    for key, attr in _CAPACITY.items():
+        cap = getattr(part, attr, None)
+        if cap:
+            out[key] = round(float(totals.get(key, 0.0)) / (cap * budget), 4)
+    return out

@@ -1,0 +1,345 @@
+"""The named steps of the FINN flow: each is `step(model: ModelWrapper, cfg: FlowConfig) -> ModelWrapper`.
+
+FINN's own builder steps (finn.builder.build_dataflow_steps) are reused where they
+work as they are. Our own steps replace them where something had to change:
+
+- preprocess:                 FINN takes raw uint8 pixels; prepend Mul(1/255), input UINT8.
+- streamline:                 StreamlinePlus (finn-plus's ResNet step) when the graph has
+                              forks or joins, else FINN's default.
+- convert_to_hw:              RoundAndClipThresholds right after the conversion: finn-plus
+                              minimizes weight widths first, and Thresholding then asserts
+                              non-negative thresholds on the ResNet shortcut pattern.
+- create_dataflow_partition:  a graph that does not partition is a UserError naming the
+                              node; the parent graph is written atomically.
+- folding:                    the seam where a folding plugin (targets.folding) plugs in;
+                              FINN's SetFolding when none is given.
+- estimate_reports:           FINN's analyses and report formats, written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+import numpy as np
+
+from qdeploy.atomic import atomic_path, write_json
+from qdeploy.errors import UserError
+
+# Node attributes that make up a folding configuration (FINN's list, as in
+# step_target_fps_parallelization / step_apply_folding_config).
+FOLDING_ATTRS = (
+    "PE",
+    "SIMD",
+    "EmbFold",
+    "SeqFold",
+    "parallel_window",
+    "ram_style",
+    "ram_style_thresholds",
+    "ram_style_mask",
+    "depth",
+    "impl_style",
+    "resType",
+    "mac_resource",
+    "mem_mode",
+    "runtime_writeable_weights",
+    "depth_trigger_uram",
+    "depth_trigger_bram",
+)
+
+
+class FoldingPlan(Protocol):
+    """What a folding plugin returns (targets.folding.FoldingResult satisfies this)."""
+
+    config: dict  # a FINN folding config: {"Defaults": {...}, "<node name>": {"PE": .., "SIMD": ..}}
+    est_fps: float
+
+
+# fold(model, part, clock_mhz, target_fps, budget) -> FoldingPlan
+FoldingFn = Callable[[Any, Any, float, float, float], FoldingPlan]
+
+
+@dataclass
+class FlowConfig:
+    """Everything the steps read. `finn` is the DataflowBuildConfig FINN's own steps take."""
+
+    out_dir: Path
+    part: Any  # targets.fpga_parts.Part (uses .name, .board, .fpga_part)
+    clock_mhz: float
+    target_fps: float
+    budget: float
+    folding: Optional[FoldingFn] = None
+    streamline: str = "auto"  # "auto" | "finn" | "plus"
+    notes: dict = field(default_factory=dict)  # what steps report back (host ops, folding, ...)
+    _finn: Any = None
+
+    @property
+    def intermediate_dir(self) -> Path:
+        return self.out_dir / "intermediate_models"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.out_dir / "report"
+
+    @property
+    def finn_tmp(self) -> Path:
+        return self.out_dir / "finn_tmp"
+
+    @property
+    def parent_model_path(self) -> Path:
+        return self.intermediate_dir / "dataflow_parent.onnx"
+
+    @property
+    def finn(self):
+        if self._finn is None:
+            self._finn = dataflow_build_config(self)
+        return self._finn
+
+
+def dataflow_build_config(cfg: FlowConfig, **overrides):
+    """FINN's DataflowBuildConfig for this design (what FINN's steps and build_dataflow read)."""
+    from finn.builder.build_dataflow_config import DataflowBuildConfig, DataflowOutputType, ShellFlowType
+
+    board = getattr(cfg.part, "board", None)
+    fields = dict(
+        output_dir=str(cfg.out_dir),
+        synth_clk_period_ns=1000.0 / cfg.clock_mhz,
+        fpga_part=cfg.part.fpga_part,
+        board=board,
+        shell_flow_type=ShellFlowType(shell_flow_type(cfg.part)),
+        target_fps=max(1, int(round(cfg.target_fps))),
+        generate_outputs=[DataflowOutputType.ESTIMATE_REPORTS],
+        save_intermediate_models=True,
+        minimize_bit_width=True,
+    )
+    fields.update(overrides)
+    return DataflowBuildConfig(**fields)
+
+
+def shell_flow_type(part) -> str:
+    """'vivado_zynq' for Zynq/Kria boards, 'vitis_alveo' for Alveo cards."""
+    explicit = getattr(part, "shell_flow_type", None)
+    if explicit:
+        return str(explicit)
+    from finn.util.basic import alveo_part_map
+
+    return "vitis_alveo" if getattr(part, "board", None) in alveo_part_map else "vivado_zynq"
+
+
+# ---------------------------------------------------------------------------------------
+# steps
+
+
+def preprocess(model, cfg: FlowConfig):
+    """Feed raw uint8 pixels: new input `pixels` (UINT8) -> Mul(1/255) -> the QONNX input."""
+    from onnx import TensorProto, helper
+    from qonnx.core.datatype import DataType
+
+    from quant.preprocess import PIXEL_SCALE
+
+    g = model.graph
+    old = g.input[0]
+    shape = [d.dim_value for d in old.type.tensor_type.shape.dim]
+    new_in = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, shape)
+    g.input.remove(old)
+    g.input.insert(0, new_in)
+    g.value_info.append(helper.make_tensor_value_info(old.name, TensorProto.FLOAT, shape))
+    g.node.insert(0, helper.make_node("Mul", ["pixels", "pixel_scale"], [old.name], name="Preprocess_Mul"))
+    model.set_initializer("pixel_scale", np.asarray(PIXEL_SCALE, dtype=np.float32))
+    model.set_tensor_datatype("pixels", DataType["UINT8"])
+    return model
+
+
+def qonnx_to_finn(model, cfg: FlowConfig):
+    from finn.builder.build_dataflow_steps import step_qonnx_to_finn
+
+    return step_qonnx_to_finn(model, cfg.finn)
+
+
+def tidy_up(model, cfg: FlowConfig):
+    from finn.builder.build_dataflow_steps import step_tidy_up
+
+    return step_tidy_up(model, cfg.finn)
+
+
+def streamline(model, cfg: FlowConfig):
+    """Move float scales into thresholds. StreamlinePlus for graphs with forks/joins."""
+    from finn.builder.build_dataflow_steps import step_streamline
+    from finn.builder.custom_step_library.resnet import step_resnet_streamline
+
+    mode = cfg.streamline
+    if mode == "auto":
+        mode = "plus" if has_forks_or_joins(model) else "finn"
+    cfg.notes["streamline"] = mode
+    if mode == "plus":
+        return step_resnet_streamline(model, cfg.finn)
+    if mode == "finn":
+        return step_streamline(model, cfg.finn)
+    raise UserError(f"streamline mode '{cfg.streamline}' is not one of: auto, finn, plus")
+
+
+def convert_to_hw(model, cfg: FlowConfig):
+    from finn.builder.build_dataflow_steps import step_convert_to_hw
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+
+    model = step_convert_to_hw(model, cfg.finn)
+    model = model.transform(RoundAndClipThresholds())
+    return model.transform(InferDataTypes())
+
+
+def minimize_bit_width_initial(model, cfg: FlowConfig):
+    from finn.builder.build_dataflow_steps import step_minimize_bit_width_initial
+
+    return step_minimize_bit_width_initial(model, cfg.finn)
+
+
+def create_dataflow_partition(model, cfg: FlowConfig):
+    """Split off the HW layers; the rest (the parent) runs on the host."""
+    from finn.analysis.fpgadataflow.unsupported_layers import unsupported_layers
+    from finn.transformation.fpgadataflow.create_dataflow_partition import CreateDataflowPartition
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    ok, first_bad = model.analysis(unsupported_layers)[:2]
+    if ok is False:
+        raise UserError(
+            f"node {first_bad.name} ({first_bad.op_type}) sits between hardware layers but has no FINN "
+            "hardware layer, so the graph cannot be partitioned: check the model against the FINN rules "
+            "(compilers/finn/checks.py)"
+        )
+    parent = model.transform(
+        CreateDataflowPartition(partition_model_dir=str(cfg.intermediate_dir / "supported_op_partitions"))
+    )
+    sdps = parent.get_nodes_by_op_type("StreamingDataflowPartition")
+    if len(sdps) != 1:
+        raise UserError(f"the graph splits into {len(sdps)} hardware partitions; FINN builds exactly one")
+    save_model(parent, cfg.parent_model_path)
+    cfg.notes["host_ops"] = [f"{n.name} ({n.op_type})" for n in parent.graph.node if n.op_type != "StreamingDataflowPartition"]
+    return ModelWrapper(getCustomOp(sdps[0]).get_nodeattr("model"))
+
+
+def specialize_layers(model, cfg: FlowConfig):
+    from finn.builder.build_dataflow_steps import step_specialize_layers
+
+    return step_specialize_layers(model, cfg.finn)
+
+
+def folding(model, cfg: FlowConfig):
+    """Set PE/SIMD (parallelism) per layer: the folding plugin if given, else FINN's SetFolding."""
+    from finn.transformation.fpgadataflow.set_folding import SetFolding
+    from finn.transformation.general import ApplyConfig
+    from finn.transformation.qonnx.give_unique_node_names_recursive import GiveUniqueNodeNamesRecursive
+    from finn.util.config import extract_model_config
+
+    model = model.transform(GiveUniqueNodeNamesRecursive())
+    if cfg.folding is None:
+        cycles = cfg.finn._resolve_cycles_per_frame()
+        model = model.transform(SetFolding(cycles, mvau_wwidth_max=cfg.finn.mvau_wwidth_max, two_pass_relaxation=True))
+        cfg.notes["folding"] = {"method": "finn.SetFolding", "target_cycles_per_frame": cycles}
+    else:
+        plan = cfg.folding(model, cfg.part, cfg.clock_mhz, cfg.target_fps, cfg.budget)
+        model = model.transform(ApplyConfig(dict(plan.config)))
+        cfg.notes["folding"] = {"method": getattr(cfg.folding, "__qualname__", repr(cfg.folding)),
+                                "plugin_est_fps": float(plan.est_fps)}
+    model = model.transform(GiveUniqueNodeNamesRecursive())
+    write_json(cfg.report_dir / "folding_config.json", extract_model_config(model, None, FOLDING_ATTRS))
+    return model
+
+
+def transpose_decomposition(model, cfg: FlowConfig):
+    from finn.builder.build_dataflow_steps import step_transpose_decomposition
+
+    return step_transpose_decomposition(model, cfg.finn)
+
+
+def minimize_bit_width(model, cfg: FlowConfig):
+    from finn.builder.build_dataflow_steps import step_minimize_bit_width
+
+    return step_minimize_bit_width(model, cfg.finn)
+
+
+def estimate_reports(model, cfg: FlowConfig):
+    """FINN's analytical estimates, in the files and formats step_generate_estimate_reports writes."""
+    from functools import partial
+
+    from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance
+    from finn.analysis.fpgadataflow.exp_cycles_per_layer import exp_cycles_per_layer
+    from finn.analysis.fpgadataflow.op_and_param_counts import aggregate_dict_keys, op_and_param_counts
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+    from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
+
+    fpga_part = cfg.part.fpga_part
+    report = cfg.report_dir
+    write_json(report / "op_and_param_counts.json", model.analysis(op_and_param_counts))
+    write_json(report / "estimate_layer_cycles.json", model.analysis(exp_cycles_per_layer))
+    resources = model.analysis(partial(res_estimation, fpgapart=fpga_part))
+    resources["total"] = aggregate_dict_keys(resources)
+    write_json(report / "estimate_layer_resources.json", resources)
+    model = model.transform(AnnotateCycles())
+    perf = dict(model.analysis(dataflow_performance))
+    clk_ns = 1000.0 / cfg.clock_mhz
+    perf["estimated_throughput_fps"] = (1e9 / clk_ns) / perf["max_cycles"]
+    perf["estimated_latency_ns"] = perf["critical_path_cycles"] * clk_ns
+    write_json(report / "estimate_network_performance.json", perf)
+    return model
+
+
+def hw_codegen(model, cfg: FlowConfig):
+    """HLS C++ / filled RTL templates per layer, in FINN's build dir (cfg.finn_tmp)."""
+    from finn.builder.build_dataflow_steps import step_hw_codegen
+
+    model = step_hw_codegen(model, cfg.finn)
+    cfg.notes["generated_sources"] = generated_sources(model)
+    return model
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+
+def has_forks_or_joins(model) -> bool:
+    """True when a tensor feeds several nodes or an Add joins two computed tensors."""
+    init = {t.name for t in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+        if n.op_type == "Add" and sum(i not in init for i in n.input) == 2:
+            return True
+    return any(c > 1 for name, c in uses.items() if name not in init)
+
+
+def generated_sources(model) -> dict[str, list[str]]:
+    """{node name: generated source files} for every HLS/RTL node after hw_codegen."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    out = {}
+    for node in model.graph.node:
+        if not node.domain.startswith("finn.custom_op.fpgadataflow."):
+            continue
+        d = getCustomOp(node).get_nodeattr("code_gen_dir_ipgen")
+        files = sorted(str(p.relative_to(d)) for p in Path(d).rglob("*") if p.is_file()) if d and Path(d).is_dir() else []
+        out[node.name] = files
+    return out
+
+
+def save_model(model, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        model.save(str(tmp))
+    return path
+
+
+def config_summary(cfg: FlowConfig) -> dict:
+    part = cfg.part
+    part_info = dataclasses.asdict(part) if dataclasses.is_dataclass(part) else {
+        k: getattr(part, k) for k in ("name", "board", "fpga_part") if hasattr(part, k)
+    }
+    return {
+        "part": part_info,
+        "clock_mhz": cfg.clock_mhz,
+        "target_fps": cfg.target_fps,
+        "budget": cfg.budget,
+        "streamline": cfg.streamline,
+    }

@@ -1,0 +1,175 @@
+"""Decode image files to uint8 grayscale and fit them to the model input size.
+
+Decoding (`read_gray`): any file PIL reads, as one uint8 [H, W] array on the pixel grid
+as stored (EXIF orientation is ignored, because masks are drawn on the stored grid).
+  L          as is            1 (bilevel)   0 / 255
+  RGB, P, CMYK, YCbCr, ...    ITU-R 601 luma via PIL (R=G=B stays exact); alpha ignored
+  I;16*      16-bit           round(v * 255 / 65535)
+  I          treated as 16-bit: clipped to 0..65535, then as I;16
+  F          treated as [0, 1]: clipped, round(v * 255)
+A zero-byte, truncated or undecodable file, or one with several frames (animated GIF,
+multi-page TIFF), is a UserError naming the file.
+
+Geometry to the model size (h, w):
+  resize     PIL bilinear (antialiased when shrinking), aspect not kept
+  letterbox  keep the aspect, resize to fit, centre, pad with the mean of the image's
+             border pixels (the background, usually)
+  tile       `tile_boxes`: cut along the long side into evenly spaced, possibly overlapping
+             crops of the target aspect, each resized to (h, w) and used as its own sample
+"""
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from qdeploy.errors import UserError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+GEOMETRIES = ("resize", "letterbox", "tile")
+# A tile count within this fraction of a whole number is rounded down: a 1.04-tile
+# image becomes one slightly squashed tile rather than two 96 %-overlapping ones.
+TILE_SLACK = 0.05
+
+Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise UserError(f"{path} is empty (0 bytes): delete it or replace it with the original image")
+        im = Image.open(path)
+        frames = getattr(im, "n_frames", 1)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: the dataset changed while loading; check dataset.path and rerun") from None
+    except UnidentifiedImageError:
+        raise UserError(f"{path} is not an image PIL can read: delete it or convert it to PNG") from None
+    except Image.DecompressionBombError:
+        raise UserError(f"{path} is too large to decode safely: crop or downscale it") from None
+    except (OSError, SyntaxError, EOFError) as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e}): check the file, or delete it") from None
+    if frames > 1:
+        im.close()
+        raise UserError(f"{path} has {frames} frames (animated or multi-page): save the frame to use as a single-image PNG")
+    return im
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    with _open(path) as im:
+        return im.height, im.width
+
+
+def image_sizes(paths: list[str]) -> dict[str, tuple[int, int]]:
+    """path -> (height, width) for many files, reading headers only (threads).
+
+    Checks on the way that every file is a readable, single-frame image (UserError if
+    not), so a broken file stops loading instead of a training run.
+    """
+    unique = sorted(set(paths))
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        return dict(zip(unique, pool.map(image_size, unique)))
+
+
+def _to_gray(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode == "L":
+        return np.asarray(im, dtype=np.uint8)
+    if mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.uint32)
+        return ((a * 255 + 32767) // 65535).astype(np.uint8)
+    if mode == "I":
+        a = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
+        return ((a * 255 + 32767) // 65535).astype(np.uint8)
+    if mode == "F":
+        a = np.clip(np.asarray(im, dtype=np.float64), 0.0, 1.0)
+        return np.rint(a * 255.0).astype(np.uint8)
+    if mode in ("1", "RGB", "YCbCr"):
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    if mode in ("LA", "La"):
+        return np.asarray(im.getchannel("L"), dtype=np.uint8)
+    # P, PA, RGBA, RGBX, CMYK, ...: through RGB (alpha dropped), then luma
+    return np.asarray(im.convert("RGB").convert("L"), dtype=np.uint8)
+
+
+def read_gray(path: str | os.PathLike) -> np.ndarray:
+    """Decode one image file to uint8 grayscale [H, W]."""
+    im = _open(path)
+    try:
+        im.load()
+        return _to_gray(im)
+    except (OSError, SyntaxError, EOFError) as e:
+        raise UserError(f"{path} is truncated or corrupt ({e}): delete it or replace it with the original image") from None
+    except ValueError as e:  # a mode PIL cannot convert to RGB (e.g. LAB)
+        raise UserError(f"{path}: cannot convert image mode {im.mode} to grayscale ({e}): save it as 8-bit grayscale PNG") from None
+    finally:
+        im.close()
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask image as bool [H, W]: any non-zero pixel is defect."""
+    return read_gray(path) > 0
+
+
+def resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if gray.shape == (h, w):
+        return gray
+    return np.asarray(Image.fromarray(gray).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def letterbox(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    src_h, src_w = gray.shape
+    scale = min(h / src_h, w / src_w)
+    new_h = min(h, max(1, round(src_h * scale)))
+    new_w = min(w, max(1, round(src_w * scale)))
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    out = np.full((h, w), int(np.rint(border.mean())), dtype=np.uint8)
+    top, left = (h - new_h) // 2, (w - new_w) // 2
+    out[top : top + new_h, left : left + new_w] = resize(gray, (new_h, new_w))
+    return out
+
+
+def tile_boxes(src_h: int, src_w: int, size: tuple[int, int]) -> list[Box]:
+    """Crops of the target aspect covering the image along its long side.
+
+    A 256x1600 strip with a 64x64 target gives seven 256x256 crops starting at
+    columns 0, 224, ..., 1344 (evenly spaced, overlapping by 32 px). An image whose
+    aspect is within TILE_SLACK of the target's gives one box, the whole image.
+    """
+    h, w = size
+    if src_w * h >= src_h * w:  # relatively wider than the target: tile along the width
+        t = min(src_w, max(1, round(src_h * w / h)))
+        n = max(1, math.ceil(src_w / t - TILE_SLACK))
+        if n == 1:
+            return [(0, 0, src_h, src_w)]
+        starts = np.rint(np.linspace(0, src_w - t, n)).astype(int)
+        return [(0, int(s), src_h, int(s) + t) for s in starts]
+    t = min(src_h, max(1, round(src_w * h / w)))
+    n = max(1, math.ceil(src_h / t - TILE_SLACK))
+    if n == 1:
+        return [(0, 0, src_h, src_w)]
+    starts = np.rint(np.linspace(0, src_h - t, n)).astype(int)
+    return [(int(s), 0, int(s) + t, src_w) for s in starts]
+
+
+def fit(gray: np.ndarray, size: tuple[int, int], geometry: str, box: Box | None = None) -> np.ndarray:
+    """Bring a decoded image (or the `box` crop of it, for tiles) to the model size."""
+    if box is not None:
+        top, left, bottom, right = box
+        if bottom > gray.shape[0] or right > gray.shape[1]:
+            raise ValueError(f"tile box {box} outside image of shape {gray.shape}")
+        return resize(np.ascontiguousarray(gray[top:bottom, left:right]), size)
+    if geometry == "letterbox":
+        return letterbox(gray, size)
+    return resize(gray, size)

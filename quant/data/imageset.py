@@ -1,0 +1,109 @@
+"""ImageSet: a torch Dataset of uint8 grayscale images decoded lazily from disk.
+
+It holds only paths and metadata (label, key, tile crop); pixels are decoded on first
+access. When the whole set fits in `cache_bytes` (default 256 MB: the default dataset is
+tiny) decoded images are kept in memory; otherwise every access decodes again, with a
+small LRU of whole source images so consecutive tiles of one strip decode it once.
+Picklable for DataLoader workers (the caches are not pickled: each worker fills its own).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from quant.data.images import Box, fit, read_gray
+
+DEFAULT_CACHE_BYTES = 256 * 2**20
+SOURCE_LRU = 4  # decoded source images kept when streaming (tiles of one strip)
+
+
+class ImageSet(Dataset):
+    """Item i -> (uint8 tensor [1, H, W], int label)."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int], keys: Sequence[str], size: tuple[int, int],
+                 geometry: str = "resize", boxes: Sequence[Box | None] | None = None,
+                 class_names: Sequence[str] = (), cache_bytes: int = DEFAULT_CACHE_BYTES):
+        n = len(paths)
+        if not (len(labels) == len(keys) == n) or (boxes is not None and len(boxes) != n):
+            raise ValueError("paths, labels, keys and boxes must have the same length")
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int64).reshape(n)
+        self.keys = list(keys)
+        self.size = (int(size[0]), int(size[1]))
+        self.geometry = geometry
+        self.boxes: list[Box | None] = list(boxes) if boxes is not None else [None] * n
+        self.class_names = tuple(class_names)
+        self.cache_bytes = cache_bytes
+        self._init_caches()
+
+    @property
+    def cached(self) -> bool:
+        """Whether decoded images are kept in memory (the whole set fits the budget)."""
+        return len(self) * self.size[0] * self.size[1] <= self.cache_bytes
+
+    def _init_caches(self) -> None:
+        self._cache: dict[int, np.ndarray] = {}
+        self._sources: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_cache"], state["_sources"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._init_caches()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        counts = np.bincount(self.labels, minlength=len(self.class_names)) if len(self) else []
+        per_class = ", ".join(f"{c}={n}" for c, n in zip(self.class_names, counts)) or f"{len(self)} images"
+        return f"ImageSet({len(self)} x {self.size[0]}x{self.size[1]}, {per_class})"
+
+    def _source(self, path: str) -> np.ndarray:
+        if path in self._sources:
+            self._sources.move_to_end(path)
+            return self._sources[path]
+        gray = read_gray(path)
+        self._sources[path] = gray
+        if len(self._sources) > SOURCE_LRU:
+            self._sources.popitem(last=False)
+        return gray
+
+    def pixels(self, i: int) -> np.ndarray:
+        """uint8 [H, W] of item i (read-only when cached: copy before modifying)."""
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        hit = self._cache.get(i)
+        if hit is not None:
+            return hit
+        box = self.boxes[i]
+        gray = self._source(self.paths[i]) if box is not None else read_gray(self.paths[i])
+        out = np.ascontiguousarray(fit(gray, self.size, self.geometry, box))
+        if self.cached:
+            out.flags.writeable = False
+            self._cache[i] = out
+        return out
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.pixels(i).copy()).unsqueeze(0), int(self.labels[i])
+
+    def array(self, indices: Sequence[int] | None = None) -> np.ndarray:
+        """uint8 [N, 1, H, W] of the given items (all by default)."""
+        indices = range(len(self)) if indices is None else indices
+        out = np.empty((len(indices), 1, *self.size), dtype=np.uint8)
+        for k, i in enumerate(indices):
+            out[k, 0] = self.pixels(i)
+        return out
+
+    def subset(self, indices: Sequence[int]) -> "ImageSet":
+        idx = [int(i) for i in indices]
+        return ImageSet([self.paths[i] for i in idx], self.labels[idx], [self.keys[i] for i in idx], self.size,
+                        self.geometry, [self.boxes[i] for i in idx], self.class_names, self.cache_bytes)

@@ -1,0 +1,146 @@
+"""Quantizers and one layer factory that builds either the Brevitas QAT layer or its float twin.
+
+Every model is written once against `Layers`; `Layers(bits)` returns Brevitas layers,
+`Layers(None)` the plain torch twin. Module names are the model's, so both variants share
+state_dict keys for every float tensor (conv/linear weights, BatchNorm); the quantized
+variant adds only quantizer scale parameters (see quant/models/transfer.py).
+
+Quantizers (why these, for FINN):
+- Input: `PixelInputQuant`, unsigned, *constant* scale 1/(2^b - 1). At input_bits=8 that is
+  exactly 1/255, so the quantizer is the identity on every `pixels * float32(1/255)` input and
+  the FPGA graph (uint8 pixels -> Mul(1/255) -> this Quant) sees the same integers as training.
+  Below 8 bits it maps [0, 1] onto 2^b - 1 steps (a coarser, still fixed, pixel grid).
+- Weights: `WeightQuant`, signed narrow-range (symmetric, -(2^(b-1)-1)..2^(b-1)-1), scale per
+  output channel from the max |w| of that channel (no learned parameter). Per-channel is what
+  4-bit depthwise convolutions need, and FINN lowers it: every conv in these models is
+  followed by BatchNorm and a quantizer, so streamlining folds the per-channel scale into
+  that layer's per-channel thresholds; the head's per-channel scale becomes the final Mul.
+- Activations: `ReluQuant` (unsigned) and `SignedQuant` (signed), per-tensor, scale learned
+  after being initialised from the 99.999th percentile of the first `STATS_STEPS` training
+  batches. `Relu6Quant` is the learned-clip ReLU6 of effnet_lite: unsigned, per-tensor, scale
+  a parameter initialised so the clip starts at 6.
+- Global pool: `TruncAvgPool2d(trunc_quant=TruncTo8bit)` (floor; FINN rejects RoundTo8bit).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+STATS_STEPS = 32  # training batches used to initialise activation scales (Brevitas default: 300)
+
+
+def _brevitas():
+    # Imported lazily: the float twins (and effnet_b0) must not pay for Brevitas.
+    import brevitas.nn as qnn
+    from brevitas.core.scaling import ScalingImplType
+    from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat, TruncTo8bit
+    from brevitas.quant import Uint8ActPerTensorFloat, Uint8ActPerTensorFloatMaxInit
+
+    class PixelInputQuant(Uint8ActPerTensorFloat):
+        """Unsigned input quantizer with the fixed scale 1/(2^bits - 1) (1/255 at 8 bits)."""
+
+        scaling_impl_type = ScalingImplType.CONST
+        min_val = 0.0
+        max_val = 1.0
+
+    class WeightQuant(Int8WeightPerChannelFloat):
+        """Signed narrow-range weights, per-output-channel max scale."""
+
+    class ReluQuant(Uint8ActPerTensorFloat):
+        collect_stats_steps = STATS_STEPS
+
+    class SignedQuant(Int8ActPerTensorFloat):
+        collect_stats_steps = STATS_STEPS
+
+    class Relu6Quant(Uint8ActPerTensorFloatMaxInit):
+        max_val = 6.0
+
+    return qnn, dict(input=PixelInputQuant, weight=WeightQuant, relu=ReluQuant, signed=SignedQuant,
+                     relu6=Relu6Quant, trunc=TruncTo8bit)
+
+
+@dataclass(frozen=True)
+class Bits:
+    weight: int
+    act: int
+    input: int
+
+
+class Layers:
+    """Builds each layer quantized (bits given) or float (bits=None), with one call site per layer."""
+
+    def __init__(self, bits: Optional[Bits]):
+        self.bits = bits
+        if bits is not None:
+            self._qnn, self._q = _brevitas()
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits is not None
+
+    def input_quant(self) -> nn.Module:
+        if not self.quantized:
+            return nn.Identity()
+        return self._qnn.QuantIdentity(act_quant=self._q["input"], bit_width=self.bits.input,
+                                       return_quant_tensor=True)
+
+    def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Module:
+        pad = kernel // 2
+        if not self.quantized:
+            return nn.Conv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False)
+        return self._qnn.QuantConv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False,
+                                     weight_quant=self._q["weight"], weight_bit_width=self.bits.weight,
+                                     return_quant_tensor=True)
+
+    def relu(self) -> nn.Module:
+        if not self.quantized:
+            return nn.ReLU()
+        return self._qnn.QuantReLU(act_quant=self._q["relu"], bit_width=self.bits.act,
+                                   return_quant_tensor=True)
+
+    def relu6(self) -> nn.Module:
+        if not self.quantized:
+            return nn.ReLU6()
+        return self._qnn.QuantReLU(act_quant=self._q["relu6"], bit_width=self.bits.act,
+                                   return_quant_tensor=True)
+
+    def signed_quant(self) -> nn.Module:
+        """A signed activation quantizer (linear bottleneck, residual operands); float: identity."""
+        if not self.quantized:
+            return nn.Identity()
+        return self._qnn.QuantIdentity(act_quant=self._q["signed"], bit_width=self.bits.act,
+                                       return_quant_tensor=True)
+
+    def global_pool(self, size: tuple[int, int]) -> nn.Module:
+        """Average over the whole (h, w) feature map -> [N, C, 1, 1]."""
+        if not self.quantized:
+            return nn.AdaptiveAvgPool2d(1)
+        return self._qnn.TruncAvgPool2d(kernel_size=size, stride=size, trunc_quant=self._q["trunc"],
+                                        return_quant_tensor=True)
+
+    def linear(self, cin: int, cout: int) -> nn.Module:
+        if not self.quantized:
+            return nn.Linear(cin, cout, bias=False)
+        return self._qnn.QuantLinear(cin, cout, bias=False, weight_quant=self._q["weight"],
+                                     weight_bit_width=self.bits.weight, return_quant_tensor=False)
+
+
+def conv_out(size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """Spatial size after a conv with kernel k, padding k//2 and this stride (odd k, or k=1)."""
+    return tuple(-(-s // stride) for s in size)
+
+
+def make_divisible(value: float, divisor: int = 4) -> int:
+    """Round a scaled channel count to a multiple of `divisor`, never below it nor >10% down."""
+    out = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if out < 0.9 * value:
+        out += divisor
+    return out
+
+
+def as_tensor(x) -> torch.Tensor:
+    """The plain tensor inside a Brevitas QuantTensor (or the tensor itself)."""
+    return x.value if hasattr(x, "value") and not isinstance(x, torch.Tensor) else x

@@ -1,0 +1,278 @@
+"""INT8 quantization-aware models with NNCF 3.4, for the NPU (OpenVINO) and GPU (TensorRT).
+
+The NNCF 3.4 path (NNCFConfig / create_compressed_model no longer exist):
+
+    q = quantize_int8(float_model, calib_batches, mode="openvino")  # nncf.quantize: PTQ init
+    fit(q, ...)                                                      # ordinary torch training = QAT
+    save_nncf_checkpoint(path, q, meta)                              # nncf config + state_dict
+    q, meta = load_nncf_checkpoint(path, create_model(...))          # exact restore
+    export_qdq_onnx(q, example, "model.onnx")                        # QuantizeLinear/DequantizeLinear
+
+Modes:
+- "openvino": NNCF's defaults for CPU/NPU: preset PERFORMANCE (symmetric weights and
+  activations; the default for CNNs, and the cheapest form on the NPU and CPU), target
+  device NPU (which NNCF maps to the CPU rules for 8-bit). Activation quantizers are
+  signed or unsigned depending on the data (uint8 after ReLU); depthwise-conv inputs may be
+  per-channel; the first conv keeps NNCF's overflow fix.
+- "tensorrt": TensorRT's explicit-quantization layout: int8 everywhere, weights symmetric
+  per-channel (narrow range, [-127, 127]), activations symmetric per-tensor and SIGNED, no
+  overflow fix. NNCF's hardware rules reject `signedness_to_force=True` for activations
+  (every activation config is "signedness decided by data"), so per-tensor/symmetric are
+  set through AdvancedQuantizationParameters and the activation quantizers that calibration
+  made unsigned are then switched to signed with their public `signed` setter (same scale:
+  range [0, s] becomes [-s, s]; QAT fine-tuning absorbs the lost bit).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+import torch
+from torch import nn
+
+from qdeploy.atomic import atomic_path
+from qdeploy.errors import UserError
+
+Mode = Literal["openvino", "tensorrt"]
+MODES = ("openvino", "tensorrt")
+CHECKPOINT_FORMAT = "qdeploy-nncf-v1"
+
+
+# --- quantization ---------------------------------------------------------------------
+
+
+def quantize_int8(
+    float_model: nn.Module,
+    calib_batches: Iterable[torch.Tensor],
+    mode: Mode,
+    subset_size: int = 300,
+) -> nn.Module:
+    """Insert INT8 fake quantizers into a copy of `float_model` and calibrate them.
+
+    calib_batches: float tensors [N, 1, H, W] (already `to_input`); the first `subset_size`
+    images are used one by one (per-image statistics, deterministic). The float model is not
+    modified. The result is in eval mode; train it like any torch module for QAT.
+    """
+    import nncf
+
+    if mode not in MODES:
+        raise UserError(f"unknown INT8 mode {mode!r}: choose one of {', '.join(MODES)}")
+    images = _calibration_images(calib_batches, subset_size)
+    kwargs = _mode_parameters(mode)
+    was_training = float_model.training
+    float_model.eval()
+    try:
+        qmodel = nncf.quantize(float_model, nncf.Dataset(images), subset_size=len(images), **kwargs)
+    finally:
+        float_model.train(was_training)
+    if mode == "tensorrt":
+        make_activations_signed(qmodel)
+    return qmodel.eval()
+
+
+def _calibration_images(calib_batches: Iterable[torch.Tensor], subset_size: int) -> list[torch.Tensor]:
+    if subset_size < 1:
+        raise ValueError("subset_size must be positive")
+    images: list[torch.Tensor] = []
+    for batch in calib_batches:
+        if not (isinstance(batch, torch.Tensor) and batch.dim() == 4 and batch.is_floating_point()):
+            got = f"{batch.dtype} {tuple(batch.shape)}" if isinstance(batch, torch.Tensor) else type(batch).__name__
+            raise TypeError(f"calibration batches must be float tensors [N, C, H, W] (to_input), got {got}")
+        for image in batch.detach().split(1):
+            images.append(image.contiguous())
+            if len(images) == subset_size:
+                return images
+    if not images:
+        raise UserError("no calibration images: the training split is empty; check dataset.split and the dataset path")
+    return images
+
+
+def _mode_parameters(mode: Mode) -> dict:
+    import nncf
+    from nncf.common.quantization.structs import QuantizationScheme
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        OverflowFix,
+        QuantizationParameters,
+    )
+
+    if mode == "openvino":
+        return {"preset": nncf.QuantizationPreset.PERFORMANCE, "target_device": nncf.TargetDevice.NPU}
+    sym = QuantizationScheme.SYMMETRIC
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix.DISABLE,  # TensorRT uses the full int8 weight range
+        activations_quantization_params=QuantizationParameters(num_bits=8, mode=sym, per_channel=False),
+        weights_quantization_params=QuantizationParameters(num_bits=8, mode=sym, per_channel=True, narrow_range=True),
+    )
+    return {
+        "preset": nncf.QuantizationPreset.PERFORMANCE,
+        "target_device": nncf.TargetDevice.ANY,
+        "advanced_parameters": advanced,
+    }
+
+
+def make_activations_signed(qmodel: nn.Module) -> int:
+    """Switch unsigned activation quantizers to signed (scale kept). Returns how many."""
+    from nncf.torch.quantization.layers import SymmetricQuantizer
+
+    flipped = 0
+    for info, module in _quantizers(qmodel):
+        if info.kind != "activation":
+            continue
+        if not isinstance(module, SymmetricQuantizer):
+            raise RuntimeError(f"TensorRT mode produced a {type(module).__name__} at {info.name}; expected symmetric")
+        if not module.signed:
+            module.signed = True  # the setter also recomputes the integer levels
+            flipped += 1
+    return flipped
+
+
+@dataclass(frozen=True)
+class QuantizerInfo:
+    """One fake quantizer NNCF inserted: where, and in which integer format."""
+
+    name: str  # NNCF hook name, e.g. "pre_hooks.conv1/conv2d/0__1.0"
+    kind: Literal["weight", "activation"]
+    symmetric: bool
+    signed: bool
+    per_channel: bool
+    narrow_range: bool
+    num_bits: int
+    level_low: int
+    level_high: int
+
+
+def quantizer_summary(qmodel: nn.Module) -> list[QuantizerInfo]:
+    """The integer format of every quantizer in an NNCF model (for tests and reports)."""
+    return [info for info, _ in _quantizers(qmodel)]
+
+
+def _quantizers(qmodel: nn.Module):
+    from nncf.torch.function_hook.hook_storage import decode_hook_name
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import BaseQuantizer, SymmetricQuantizer
+
+    for name, module in get_hook_storage(qmodel).named_hooks():
+        if not isinstance(module, BaseQuantizer):
+            continue
+        hook_type, _, _ = decode_hook_name(name)
+        # NNCF creates weight quantizers (pre-hooks on the op's weight port) with a forced
+        # sign (q8_w_sym: signedness_to_force=True); its hardware rules give activation
+        # quantizers no forced sign (the data decides), so that spec tells them apart.
+        is_weight = hook_type == "pre_hooks" and module.get_config().get("signedness_to_force") is True
+        info = QuantizerInfo(
+            name=name,
+            kind="weight" if is_weight else "activation",
+            symmetric=isinstance(module, SymmetricQuantizer),
+            signed=bool(module.signed),
+            per_channel=bool(module.per_channel),
+            narrow_range=bool(module.narrow_range),
+            num_bits=int(module.num_bits),
+            level_low=int(module.level_low),
+            level_high=int(module.level_high),
+        )
+        yield info, module
+
+
+# --- a tiny fine-tuning helper (the real loop is quant.train.fit) -----------------------
+
+
+def finetune_steps(
+    qmodel: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float = 1e-4, seed: int = 0
+) -> list[float]:
+    """Run `steps` SGD steps of cross-entropy on (float input, label) batches; return losses."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.SGD([p for p in qmodel.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+    losses: list[float] = []
+    qmodel.train()
+    for step, (x, y) in enumerate(batches):
+        if step == steps:
+            break
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(qmodel(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    qmodel.eval()
+    return losses
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+
+def save_nncf_checkpoint(path: str | Path, qmodel: nn.Module, meta: dict) -> Path:
+    """One file: NNCF's quantizer placement (JSON), the state_dict (tensors) and `meta` (JSON).
+
+    Loadable with torch.load(weights_only=True): the config and meta are JSON strings.
+    """
+    import nncf.torch
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "nncf_config": json.dumps(nncf.torch.get_config(qmodel)),
+        "meta": json.dumps(meta),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def load_nncf_checkpoint(path: str | Path, fresh_float_model: nn.Module) -> tuple[nn.Module, dict]:
+    """Rebuild the quantized model from a freshly created float model of the same architecture."""
+    import nncf.torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"NNCF checkpoint {path} not found: run the NPU/GPU QAT step first")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors: a truncated or foreign file
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}): delete it and rebuild") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a qdeploy NNCF checkpoint ({CHECKPOINT_FORMAT}): delete it and rebuild")
+    qmodel = nncf.torch.load_from_config(fresh_float_model, json.loads(payload["nncf_config"]))
+    try:
+        qmodel.load_state_dict(payload["state_dict"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"{path} does not match the model it is loaded into ({first}); check model.name/width") from None
+    return qmodel.eval(), json.loads(payload["meta"])
+
+
+# --- ONNX with standard Q/DQ ------------------------------------------------------------
+
+
+def export_qdq_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | Path, opset: int = 17) -> Path:
+    """ONNX with QuantizeLinear/DequantizeLinear (input "input", output "logits", dynamic batch).
+
+    nncf.strip turns NNCF's quantizers into torch FakeQuantize modules (weights pre-rounded
+    to their narrow range), which the TorchScript exporter writes as standard Q/DQ pairs.
+    `qmodel` itself is not modified.
+    """
+    import nncf
+    import onnx
+
+    # torchao (needed by strip) warns that its CUDA kernels do not load on a CPU-only torch.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    stripped = nncf.strip(qmodel, do_copy=True, example_input=example_input).eval()
+    with atomic_path(path) as tmp:
+        with torch.no_grad():
+            torch.onnx.export(
+                stripped,
+                (example_input,),
+                str(tmp),
+                dynamo=False,
+                opset_version=opset,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        graph = onnx.load(str(tmp)).graph
+        custom = sorted({f"{n.domain}::{n.op_type}" for n in graph.node if n.domain not in ("", "ai.onnx")})
+        if custom or not any(n.op_type == "QuantizeLinear" for n in graph.node):
+            raise RuntimeError(f"NNCF export did not produce a standard Q/DQ graph (custom ops: {custom})")
+    return Path(path)

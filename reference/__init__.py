@@ -1,0 +1,1 @@
+"""reference: parity, benchmarks and reports across every target."""

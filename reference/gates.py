@@ -1,0 +1,45 @@
+"""Parity gates: does each deployed target still behave like its QAT reference?
+
+Defaults (recipe `gates`): FPGA bit-exact; NPU and GPU >= 99.9% argmax agreement;
+recall at the operating point no more than 1 point below the QAT reference.
+"""
+from __future__ import annotations
+
+BIT_EXACT_REL = 1e-6  # max |d| relative to the logit scale that still counts as bit-exact
+
+
+def _gate(target, gate, passed, value, limit, message):
+    return {"target": target, "gate": gate, "passed": bool(passed), "value": float(value), "limit": float(limit),
+            "message": message}
+
+
+def evaluate_gates(models: dict, cfg) -> list[dict]:
+    """`models` is report["models"]; returns one record per gate checked."""
+    gates = []
+    for key, m in models.items():
+        if m.get("role") != "target":
+            continue
+        target, ag = m["target"], m.get("agreement_reference") or {}
+        first = (m.get("extra") or {}).get("first_divergent_node")
+        where = f"; first divergent node: {first}" if first else ""
+        if target == "fpga" and cfg.fpga_bit_exact:
+            rel = ag.get("max_abs_diff_rel", float("inf"))
+            gates.append(_gate(target, "bit_exact_max_abs_diff_rel", rel <= BIT_EXACT_REL, rel, BIT_EXACT_REL,
+                               f"fpga: max |d| {rel:.3g} of the logit scale vs Brevitas (limit {BIT_EXACT_REL:g}){where}"))
+            agree, limit = ag.get("argmax_agreement", 0.0), 1.0
+        else:
+            agree, limit = ag.get("argmax_agreement", 0.0), cfg.min_agreement
+        gates.append(_gate(target, "argmax_agreement", agree >= limit, agree, limit,
+                           f"{target}: argmax agreement {agree:.4%} vs its QAT reference (limit {limit:.4%}){where}"))
+        ref = models.get(m.get("reference") or "", {}).get("metrics", {})
+        if "op_recall" in ref and "op_recall" in m.get("metrics", {}):
+            drop = ref["op_recall"] - m["metrics"]["op_recall"]
+            gates.append(_gate(target, "recall_drop_at_operating_point", drop <= cfg.max_recall_drop + 1e-12, drop,
+                               cfg.max_recall_drop,
+                               f"{target}: recall at the operating point {m['metrics']['op_recall']:.4f} vs "
+                               f"{ref['op_recall']:.4f} for its QAT reference (drop {drop:+.4f}, limit {cfg.max_recall_drop})"))
+    return gates
+
+
+def failed(gates: list[dict]) -> list[dict]:
+    return [g for g in gates if not g["passed"]]

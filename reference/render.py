@@ -1,0 +1,476 @@
+"""Render the parity report (report.json data) as plots, Markdown, HTML and a console table.
+
+    paths = render_report(report, Path("build/default/report"))
+    # {"md": .../report.md, "html": .../report.html, "roc": .../plots/roc.png, ...}
+    print_console_summary(report)
+
+The report is data first (docs/CONTRACTS.md, "the parity report"); this module only
+reads it. Markdown and HTML come from one list of blocks (headings, paragraphs, lists,
+tables, images), so both say the same thing. Every part but "models" may be missing or
+null: its section is replaced by a one-line "not built" note.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qdeploy.atomic import write_text
+from reference import plots
+
+MODEL_ORDER = ("float", "qat", "fpga", "npu_qat", "npu", "gpu_qat", "gpu")
+TARGETS = {"fpga": "FPGA (FINN)", "npu": "Intel NPU (OpenVINO)", "gpu": "NVIDIA GPU (TensorRT)"}
+PLOT_NAMES = ("confusion", "roc", "pr", "agreement", "fpga_resources", "fpga_cycles", "fpga_stages", "throughput")
+
+
+# ---------------------------------------------------------------------------- document model
+
+
+@dataclass
+class Cell:
+    text: str
+    status: str | None = None  # "pass" | "fail" | "estimate" | "strong"
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[Cell]]
+
+
+@dataclass
+class Block:
+    kind: str  # "h1" | "h2" | "h3" | "p" | "ul" | "table" | "img"
+    text: str = ""
+    status: str | None = None
+    items: list[str] = field(default_factory=list)
+    table: Table | None = None
+    src: str = ""  # image path relative to the report dir
+
+
+def _c(text, status=None) -> Cell:
+    return Cell(str(text), status)
+
+
+def _table(headers, rows) -> Block:
+    return Block("table", table=Table(list(headers), [[c if isinstance(c, Cell) else _c(c) for c in r] for r in rows]))
+
+
+# ---------------------------------------------------------------------------- formatting
+
+
+def _num(x, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float) and math.isnan(x):
+        return "n/a"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def _int(x) -> str:
+    return "–" if x is None else f"{int(round(x)):,}"
+
+
+def _pct(x, digits: int = 2) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float) and not math.isfinite(x):
+        return _num(x)
+    return f"{100 * x:.{digits}f}%"
+
+
+def _diff(x) -> str:
+    if x is None:
+        return "–"
+    return "0" if x == 0 else _num(x) if not math.isfinite(x) else f"{x:.3g}"
+
+
+def _agree(ag: dict | None) -> str:
+    if not ag:
+        return "–"
+    a, n = ag.get("argmax_agreement"), ag.get("n")
+    flips = f" ({round((1 - a) * n)} flips)" if a is not None and n and a < 1 else ""
+    return _pct(a) + flips
+
+
+def _ordered(models: dict) -> list[tuple[str, dict]]:
+    known = [k for k in MODEL_ORDER if k in models]
+    return [(k, models[k]) for k in known + [k for k in models if k not in known]]
+
+
+def _value(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (list, tuple)) and all(isinstance(i, str) for i in v):
+        return ", ".join(v)
+    if isinstance(v, (dict, list, tuple)):
+        text = json.dumps(v, sort_keys=True, default=str)
+        return text if len(text) <= 200 else text[:199] + "…"
+    return str(v)
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+def _verdict(report: dict) -> list[Block]:
+    gates = report.get("gates") or []
+    if not gates:
+        return [Block("p", "Gates: none checked (no deployed target in this report).")]
+    bad = [g for g in gates if not g["passed"]]
+    if not bad:
+        return [Block("p", f"Gates: PASS, all {len(gates)} passed.", status="pass")]
+    return [Block("p", f"Gates: FAIL, {len(bad)} of {len(gates)} failed.", status="fail"),
+            Block("ul", items=[g.get("message") or f"{g['target']}: {g['gate']}" for g in bad])]
+
+
+def _dataset(report: dict) -> list[Block]:
+    out = [Block("h2", "Dataset and operating point")]
+    ds = report.get("dataset") or {}
+    classes = ds.get("classes") or []
+    ok = ds.get("ok_index")
+    items = [f"Test images: {_int(ds.get('n_test'))}",
+             f"Classes ({len(classes)}): {', '.join(classes) or '–'}",
+             "Ok class: " + (f"{classes[ok]} (defect score = 1 - P({classes[ok]}))" if ok is not None and ok < len(classes)
+                             else "none: every class is a defect type, so there is no defect score, ROC or PR curve")]
+    op = report.get("operating_point") or {}
+    if op.get("threshold") is not None:
+        how = (f"chosen for recall {op['target_recall']:g} on the validation set" if op.get("target_recall") is not None
+               else f"chosen for FPR {op['target_fpr']:g} on the validation set" if op.get("target_fpr") is not None
+               else "fixed")
+        items.append(f"Operating threshold on the defect score: {op['threshold']:.4f} ({how})")
+    if op.get("report_fpr") is not None:
+        items.append(f"Recall is also reported at FPR {op['report_fpr']:g}")
+    out.append(Block("ul", items=items))
+    if ds.get("notes"):
+        out += [Block("p", "Notes:"), Block("ul", items=list(ds["notes"]))]
+    return out
+
+
+def _summary(report: dict) -> list[Block]:
+    fpr = (report.get("operating_point") or {}).get("report_fpr")
+    headers = ["Model", "Runtime", "Device", "Precision", "Accuracy", "Precision (macro)", "Recall (macro)",
+               "F1 (macro)", "AP", "AUROC", "Recall @ op (FPR)", f"Recall @ FPR {fpr:g}" if fpr else "Recall @ FPR",
+               "Reference", "Agreement vs ref", "max|d| vs ref", "Agreement vs float", "max|d| vs float"]
+    rows = []
+    for key, m in _ordered(report["models"]):
+        met = m.get("metrics") or {}
+        op = _num(met.get("op_recall")) + (f" ({_num(met['op_fpr'], 3)})" if "op_fpr" in met else "")
+        ref, fl = m.get("agreement_reference"), m.get("agreement_float")
+        rows.append([_c(m.get("label", key), "strong"), m.get("runtime", "–"), m.get("device", "–"),
+                     m.get("precision", "–"), _num(met.get("accuracy")), _num(met.get("precision")),
+                     _num(met.get("recall")), _num(met.get("f1")), _num(met.get("ap")), _num(met.get("auroc")),
+                     op if "op_recall" in met else "–", _num(met.get("recall_at_fpr")), m.get("reference") or "–",
+                     _agree(ref), _diff((ref or {}).get("max_abs_diff")), _agree(fl),
+                     _diff((fl or {}).get("max_abs_diff"))])
+    return [Block("h2", "Models on the test set"), _table(headers, rows),
+            Block("p", "Agreement: share of test images where the argmax class equals the reference's; max|d|: "
+                       "largest absolute logit difference. Reference: the model's own QAT reference.")]
+
+
+def _gates(report: dict) -> list[Block]:
+    gates = report.get("gates") or []
+    out = [Block("h2", "Gates")]
+    if not gates:
+        return out + [Block("p", "No gates checked: no deployed target in this report.")]
+    rows = [[g["target"], g["gate"], _value(g.get("value")), _value(g.get("limit")),
+             _c("PASS", "pass") if g["passed"] else _c("FAIL", "fail"), g.get("message", "")] for g in gates]
+    return out + [_table(["Target", "Gate", "Value", "Limit", "Result", "Message"], rows)]
+
+
+def _plots_section(plot_paths: dict) -> list[Block]:
+    out = [Block("h2", "Plots")]
+    captions = {"confusion": "Confusion matrices", "roc": "ROC curves", "pr": "Precision-recall curves",
+                "agreement": "Agreement and max|d| per model"}
+    shown = [Block("img", text=cap, src=f"plots/{name}.png") for name, cap in captions.items() if name in plot_paths]
+    if "roc" not in plot_paths:
+        shown.append(Block("p", "ROC and PR curves: not drawn (no ok class, so no defect score)."))
+    return out + shown
+
+
+def _target_models(report: dict, target: str) -> list[tuple[str, dict]]:
+    return [(k, m) for k, m in _ordered(report["models"]) if m.get("target") == target]
+
+
+def _device_notes(target: str, models: list[tuple[str, dict]]) -> list[str]:
+    items = []
+    for key, m in models:
+        extra = dict(m.get("extra") or {})
+        notes = extra.pop("notes", None) or extra.pop("note", None)
+        notes = [notes] if isinstance(notes, str) else list(notes or [])
+        device = str(m.get("device", ""))
+        if not notes and m.get("role") == "target":
+            if target == "npu" and "npu" not in device.lower():
+                notes.append(f"NPU not present: IR executed on {device or 'another device'}")
+            if target == "gpu" and not any(w in device.lower() for w in ("gpu", "cuda", "nvidia")):
+                notes.append(f"No NVIDIA GPU: executed on {device or 'another device'} with {m.get('runtime', '?')}")
+        detail = "; ".join(f"{k}: {_value(v)}" for k, v in sorted(extra.items()) if v is not None and v != "")
+        line = f"{m.get('label', key)}: {m.get('runtime', '?')} on {device or '?'}, {m.get('precision', '?')}"
+        items.append(line + (f" ({detail})" if detail else ""))
+        items += [f"{m.get('label', key)}: {n}" for n in notes]
+    return items
+
+
+def _fpga(report: dict, plot_paths: dict) -> list[Block]:
+    out = [Block("h2", TARGETS["fpga"])]
+    models = _target_models(report, "fpga")
+    f = report.get("fpga")
+    if not f and not models:
+        return out + [Block("p", "FPGA: not built.")]
+    if models:
+        out.append(Block("ul", items=_device_notes("fpga", models)))
+    if not f:
+        return out + [Block("p", "FPGA build details (resources, folding, per-layer): not built.")]
+    est, target = f.get("est_fps"), f.get("target_fps")
+    meets = "" if est is None or not target else (" (meets the target)" if est >= target else " (below the target)")
+    out.append(Block("ul", items=[
+        f"Part: {f.get('part', '?')}, clock {_num(f.get('clock_mhz'), 1)} MHz",
+        f"Throughput: {_int(est)} fps, estimate from the slowest layer's cycles; target {_int(target)} fps{meets}",
+    ]))
+    cap, used, budget = f.get("capacity") or {}, f.get("resources") or {}, f.get("budget")
+    rows = []
+    for r in plots.RESOURCES:
+        if r not in used and r not in cap:
+            continue
+        u, c = used.get(r), cap.get(r)
+        frac = u / c if u is not None and c else None
+        lim = c * budget if c and budget else None
+        ok = None if frac is None or budget is None else frac <= budget
+        rows.append([r, _int(u), _int(c), _pct(frac, 1), _int(lim),
+                     "–" if ok is None else _c("yes", "pass") if ok else _c("OVER", "fail")])
+    out += [Block("h3", "Resources"),
+            _table(["Resource", "Used", "Capacity", "% of capacity",
+                    f"Budget ({budget:.0%} of capacity)" if budget else "Budget", "Within budget"], rows)]
+    if "fpga_resources" in plot_paths:
+        out.append(Block("img", text="FPGA resources by layer", src="plots/fpga_resources.png"))
+    layers = f.get("per_layer") or []
+    if layers:
+        worst = max(range(len(layers)), key=lambda i: layers[i].get("cycles") or 0)
+        rows = [[str(i), _c(l["name"], "strong") if i == worst else l["name"], l.get("op_type", "–"),
+                 _c(f"{_int(l.get('cycles'))} (bottleneck)", "fail") if i == worst else _int(l.get("cycles")),
+                 *[_int(l.get(r)) for r in plots.RESOURCES]] for i, l in enumerate(layers)]
+        out += [Block("h3", "Per layer (estimates)"),
+                _table(["#", "Layer", "Op type", "Cycles / image", *plots.RESOURCES], rows)]
+        if "fpga_cycles" in plot_paths:
+            out.append(Block("img", text="FPGA cycles per layer", src="plots/fpga_cycles.png"))
+    sf = f.get("setfolding")
+    if sf:
+        lut_cap = cap.get("LUT")
+        rows = [["qdeploy folding", _c(f"{_int(est)} (estimate)", "estimate"), _int(used.get("LUT")),
+                 _pct(used.get("LUT") / lut_cap, 1) if lut_cap and used.get("LUT") is not None else "–"],
+                ["FINN SetFolding", _c(f"{_int(sf.get('est_fps'))} (estimate)", "estimate"), _int(sf.get("LUT")),
+                 _pct(sf.get("LUT") / lut_cap, 1) if lut_cap and sf.get("LUT") is not None else "–"]]
+        out += [Block("h3", "Folding: ours vs FINN SetFolding"), _table(["Folding", "fps", "LUT", "LUT %"], rows)]
+        if est and sf.get("est_fps") and used.get("LUT") and sf.get("LUT"):
+            out.append(Block("p", f"Ours: {est / sf['est_fps']:.2f}x the fps with {used['LUT'] / sf['LUT']:.2f}x "
+                                  f"the LUT of SetFolding at the same target."))
+    stages = f.get("stages") or []
+    if stages:
+        rows = [[s["stage"], _c(_pct(s["argmax_agreement"]), None if s["argmax_agreement"] >= 1 else "fail"),
+                 _diff(s.get("max_abs_diff")), s.get("first_divergent_node") or "–"] for s in stages]
+        out += [Block("h3", "Parity per lowering stage (vs the QAT model)"),
+                _table(["Stage", "Argmax agreement", "max|d|", "First divergent node"], rows)]
+        if "fpga_stages" in plot_paths:
+            out.append(Block("img", text="FPGA parity per stage", src="plots/fpga_stages.png"))
+    return out
+
+
+def _device(report: dict, target: str) -> list[Block]:
+    out = [Block("h2", TARGETS[target])]
+    models = _target_models(report, target)
+    if not models:
+        return out + [Block("p", f"{target.upper()}: not built.")]
+    return out + [Block("ul", items=_device_notes(target, models))]
+
+
+def _bench(report: dict, plot_paths: dict) -> list[Block]:
+    out = [Block("h2", "Throughput")]
+    b = report.get("bench")
+    if not b or not b.get("results"):
+        return out + [Block("p", "Benchmark: not run (make bench).")]
+    if b.get("machine"):
+        out.append(Block("p", f"Machine: {b['machine']}. Estimates are computed, not measured."))
+    rows = []
+    for r in b["results"]:
+        est = r.get("kind") == "estimate"
+        ratios = ", ".join(f"{v:.2f}x vs {k}" for k, v in sorted((r.get("ratio_vs") or {}).items())) or "–"
+        rows.append([r["runtime"], r.get("target") or "–", r.get("precision", "–"), r.get("device", "–"),
+                     str(r["batch"]), r.get("mode", "–"), _c(_int(r.get("images_per_s")), "estimate" if est else None),
+                     _num(r.get("median_ms_per_batch"), 3), _c("estimate", "estimate") if est else "measured", ratios])
+    out.append(_table(["Runtime", "Target", "Precision", "Device", "Batch", "Mode", "Images/s", "Median ms/batch",
+                       "Kind", "Ratio"], rows))
+    if "throughput" in plot_paths:
+        out.append(Block("img", text="Throughput", src="plots/throughput.png"))
+    return out
+
+
+def build_blocks(report: dict, plot_paths: dict) -> list[Block]:
+    """The report as a list of blocks (the single source of report.md and report.html)."""
+    title = f"Parity report: {report.get('recipe', '?')}"
+    meta = f"{report.get('schema', '?')}, qdeploy {report.get('qdeploy_version', '?')}"
+    return [Block("h1", title), Block("p", meta), *_verdict(report), *_dataset(report), *_summary(report),
+            *_gates(report), *_plots_section(plot_paths), *_fpga(report, plot_paths), *_device(report, "npu"),
+            *_device(report, "gpu"), *_bench(report, plot_paths)]
+
+
+# ---------------------------------------------------------------------------- Markdown
+
+
+def _md_cell(c: Cell) -> str:
+    t = c.text.replace("|", "\\|").replace("\n", " ")
+    return f"**{t}**" if c.status in ("fail", "pass", "strong") else f"*{t}*" if c.status == "estimate" else t
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    lines: list[str] = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            lines += ["#" * int(b.kind[1]) + " " + b.text, ""]
+        elif b.kind == "p":
+            lines += [f"**{b.text}**" if b.status else b.text, ""]
+        elif b.kind == "ul":
+            lines += [f"- {i}" for i in b.items] + [""]
+        elif b.kind == "img":
+            lines += [f"![{b.text}]({b.src})", ""]
+        elif b.kind == "table":
+            t = b.table
+            lines.append("| " + " | ".join(h.replace("|", "\\|") for h in t.headers) + " |")
+            lines.append("|" + "|".join("---" for _ in t.headers) + "|")
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
+            lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #222; margin: 24px auto;
+       max-width: 1280px; padding: 0 16px; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: 4px; }
+h2 { border-bottom: 1px solid #eee; padding-bottom: 2px; margin-top: 32px; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 13px; margin: 8px 0 12px; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+tr:nth-child(even) td { background: #fafafa; }
+td.pass { color: #1a7f37; font-weight: bold; }
+td.fail, p.fail { color: #b00020; font-weight: bold; }
+td.fail { background: #fde7ea !important; }
+p.pass { color: #1a7f37; font-weight: bold; }
+td.estimate { font-style: italic; color: #7a5b00; }
+td.strong { font-weight: bold; }
+figure { margin: 12px 0 20px; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 12px; color: #666; }
+"""
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def to_html(blocks: list[Block], out_dir: Path) -> str:
+    """One self-contained page: inline CSS, images as data URIs, no scripts or links."""
+    e = html.escape
+    body: list[str] = []
+    for b in blocks:
+        if b.kind in ("h1", "h2", "h3"):
+            body.append(f"<{b.kind}>{e(b.text)}</{b.kind}>")
+        elif b.kind == "p":
+            body.append(f'<p class="{b.status}">{e(b.text)}</p>' if b.status else f"<p>{e(b.text)}</p>")
+        elif b.kind == "ul":
+            body.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in b.items) + "</ul>")
+        elif b.kind == "img":
+            body.append(f'<figure><img alt="{e(b.text)}" src="{_data_uri(out_dir / b.src)}">'
+                        f"<figcaption>{e(b.text)}</figcaption></figure>")
+        elif b.kind == "table":
+            t = b.table
+            head = "".join(f"<th>{e(h)}</th>" for h in t.headers)
+            rows = "".join("<tr>" + "".join(f'<td class="{c.status}">{e(c.text)}</td>' if c.status
+                                            else f"<td>{e(c.text)}</td>" for c in row) + "</tr>" for row in t.rows)
+            body.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
+    title = e(blocks[0].text if blocks else "Parity report")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# ---------------------------------------------------------------------------- entry points
+
+
+def render_plots(report: dict, plot_dir: Path) -> dict[str, Path]:
+    """Draw every plot the report has data for into plot_dir; remove stale ones of ours."""
+    models = dict(_ordered(report.get("models") or {}))
+    classes = (report.get("dataset") or {}).get("classes") or []
+    op = report.get("operating_point") or {}
+    min_agree = next((g["limit"] for g in report.get("gates") or [] if g["gate"] == "argmax_agreement"
+                      and g["limit"] < 1), None)
+    fpga = report.get("fpga")
+    drawn = {
+        "confusion": plots.plot_confusion(models, classes, plot_dir / "confusion.png") if classes else None,
+        "roc": plots.plot_roc(models, plot_dir / "roc.png", op.get("report_fpr")),
+        "pr": plots.plot_pr(models, plot_dir / "pr.png"),
+        "agreement": plots.plot_agreement(models, plot_dir / "agreement.png", min_agree),
+        "fpga_resources": plots.plot_fpga_resources(fpga, plot_dir / "fpga_resources.png"),
+        "fpga_cycles": plots.plot_fpga_cycles(fpga, plot_dir / "fpga_cycles.png"),
+        "fpga_stages": plots.plot_fpga_stages(fpga, plot_dir / "fpga_stages.png"),
+        "throughput": plots.plot_throughput(report.get("bench"), plot_dir / "throughput.png"),
+    }
+    for name in PLOT_NAMES:  # a plot from an earlier render whose data is now gone
+        if drawn.get(name) is None:
+            (plot_dir / f"{name}.png").unlink(missing_ok=True)
+    return {k: v for k, v in drawn.items() if v is not None}
+
+
+def render_report(report: dict, out_dir: Path) -> dict[str, Path]:
+    """Write plots/*.png, report.md and report.html into out_dir.
+
+    Returns {"md": path, "html": path, <plot name>: path, ...}; plot names are those of
+    PLOT_NAMES that had data. Needs only report["models"]; every other part is optional.
+    """
+    out_dir = Path(out_dir)
+    if not isinstance(report.get("models"), dict) or not report["models"]:
+        raise ValueError("report has no models: nothing to render")
+    plot_paths = render_plots(report, out_dir / "plots")
+    blocks = build_blocks(report, plot_paths)
+    md = write_text(out_dir / "report.md", to_markdown(blocks))
+    page = write_text(out_dir / "report.html", to_html(blocks, out_dir))
+    return {"md": md, "html": page, **plot_paths}
+
+
+def print_console_summary(report: dict, console=None) -> None:
+    """One row per model (key metrics and agreement), then the gates, on stderr."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    console = console or Console(stderr=True)
+    t = RichTable(title=f"Parity: {report.get('recipe', '?')}", title_justify="left")
+    for col in ("Model", "Runtime / device", "Precision", "Acc", "F1", "AP", "AUROC", "Recall@op",
+                "Agree vs ref", "max|d| ref", "Agree vs float"):
+        t.add_column(col, justify="left" if col in ("Model", "Runtime / device", "Precision") else "right")
+    for key, m in _ordered(report["models"]):
+        met = m.get("metrics") or {}
+        ref, fl = m.get("agreement_reference"), m.get("agreement_float")
+        t.add_row(escape(m.get("label", key)), escape(f"{m.get('runtime', '?')} / {m.get('device', '?')}"),
+                  escape(m.get("precision", "?")),
+                  _num(met.get("accuracy")), _num(met.get("f1")), _num(met.get("ap")), _num(met.get("auroc")),
+                  _num(met.get("op_recall")), _agree(ref).split(" ")[0], _diff((ref or {}).get("max_abs_diff")),
+                  _agree(fl).split(" ")[0])
+    console.print(t)
+    gates = report.get("gates") or []
+    if not gates:
+        console.print("gates: none checked")
+        return
+    g = RichTable(title="Gates", title_justify="left")
+    for col in ("Target", "Gate", "Value", "Limit", "Result"):
+        g.add_column(col)
+    for x in gates:
+        g.add_row(escape(x["target"]), escape(x["gate"]), _value(x.get("value")), _value(x.get("limit")),
+                  "[bold green]PASS[/]" if x["passed"] else "[bold red]FAIL[/]")
+    console.print(g)
+    bad = sum(not x["passed"] for x in gates)
+    console.print(f"[bold red]{bad} of {len(gates)} gates FAILED[/]" if bad else f"[bold green]all {len(gates)} gates passed[/]")

@@ -1,0 +1,41 @@
+"""Shared test fixtures.
+
+Real datasets live beside the repo in ../shared/datasets (override: QDEPLOY_SHARED).
+Under CI (CI=true) a test that needs them fails instead of skipping.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_datasets() -> Path:
+    return Path(os.environ.get("QDEPLOY_SHARED", REPO.parent / "shared")) / "datasets"
+
+
+@pytest.fixture
+def datasets_dir() -> Path:
+    d = shared_datasets()
+    if not d.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{d} is missing: CI must run the real-dataset tests")
+        pytest.skip(f"{d} not present")
+    return d
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:] if len(args) > 1 else args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    yield
