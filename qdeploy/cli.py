@@ -61,7 +61,7 @@ def run(argv: list[str] | None = None) -> int:
     recipe = load_recipe(args.recipe, _parse_set(args.set))
     ctx = Context(recipe=recipe, build_dir=Path(args.build_dir) / recipe.name)
     if args.command in ("train", "export"):
-        from qdeploy.stages import run_plan
+        from qdeploy.build import run_plan
 
         run_plan(ctx, args.command, force=args.force)
     elif args.command == "build":
@@ -72,7 +72,7 @@ def run(argv: list[str] | None = None) -> int:
 
             build_own_model(ctx, args.target, Path(args.model), args.samples)
         else:
-            from qdeploy.stages import run_plan
+            from qdeploy.build import run_plan
 
             run_plan(ctx, args.target, force=args.force)
     elif args.command in ("parity", "report"):

@@ -25,7 +25,7 @@ import numpy as np
 
 from qdeploy import atomic
 from qdeploy.errors import UserError
-from targets.runners import Runner, _check_pixels, _counted
+from targets.runners import Runner
 
 INSTALL_HINT = "tensorrt is not installed (pip install tensorrt from NVIDIA's index on a machine with a CUDA GPU)"
 NO_CUDA = "no CUDA device (torch.cuda.is_available() is False: no NVIDIA GPU or driver, or a CPU-only torch build)"
@@ -276,11 +276,17 @@ class TensorRTRunner(Runner):
 
     def infer_fn(self, pixels: np.ndarray) -> Callable[[], Any]:
         """One call = one batch on the GPU; the input stays on the device (compute only)."""
-        pixels = _check_pixels(pixels)
+        if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.ndim == 4):
+            raise TypeError("infer_fn takes uint8 pixels [N, C, H, W]")
         if len(pixels) > self.max_batch:
             raise ValueError(f"{self.name} takes at most {self.max_batch} images per batch, got {len(pixels)}")
-        x = self.io.upload(self._prepare(pixels))
-        return _counted(lambda: self._execute(x, len(pixels)), len(pixels))
+        x, n = self.io.upload(self._prepare(pixels)), len(pixels)
+
+        def fn():
+            return self._execute(x, n)
+
+        fn.images = n
+        return fn
 
 
 def measure_throughput(

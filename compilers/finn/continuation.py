@@ -16,6 +16,7 @@ With XILINX_VIVADO set, `run_continuation` runs that command.
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -89,7 +90,7 @@ def write_continuation(cfg, model_path: Path) -> Continuation:
         auto_fifo_depths=True,
     )
     config_path = out_dir / "finn_build_config.json"
-    write_text(config_path, finn_cfg.to_json(indent=2) + "\n")
+    write_text(config_path, json.dumps(finn_cfg.to_dict(), indent=2, default=str) + "\n")
     command = [
         finn_cli(),
         "build",
@@ -124,8 +125,3 @@ def remaining_steps_resolvable(steps: Sequence[str] = VIVADO_STEPS) -> list[str]
     from finn.builder.build_dataflow_steps import build_dataflow_step_lookup
 
     return [s for s in steps if s not in build_dataflow_step_lookup]
-
-
-def vivado_env_note(env: Optional[dict] = None) -> str:
-    env = os.environ if env is None else env
-    return env.get("XILINX_VIVADO", "")

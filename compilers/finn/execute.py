@@ -10,6 +10,8 @@ the same order with the same per-node implementations, but on a batch:
   is widened to the batch);
 - FINN/qonnx custom nodes whose python execution handles a leading batch dimension
   (listed in BATCH_SAFE) run once on the whole batch;
+- a few ops that hard-code batch 1 (Im2Col, ConvolutionInputGenerator, MVAU,
+  DuplicateStreams) run batched re-implementations of their execute_node (kernels.py);
 - every other custom node runs its own `execute_node` once per sample;
 - specialized `*_hls` / `*_rtl` nodes have no python execution: they run as their
   generic op type (`to_generic`), which is what FINN's python simulation means;
@@ -32,6 +34,7 @@ from onnx import helper
 from onnx import numpy_helper as nph
 
 from compilers.finn.env import ensure_finn
+from compilers.finn.kernels import KERNELS
 
 # Custom ops whose python execute_node is batch-agnostic (checked by tests/test_finn_parity.py).
 BATCH_SAFE = frozenset(
@@ -84,8 +87,9 @@ class Executor:
     partition model.
     """
 
-    def __init__(self, model, partition=None):
+    def __init__(self, model, partition=None, reference_mode: bool = False):
         ensure_finn()
+        self.reference_mode = reference_mode  # True: every custom node runs FINN's code per sample
         self.model = to_generic(model)
         self.graph = self.model.graph
         self._partition_override = partition
@@ -120,9 +124,10 @@ class Executor:
         ctx.update({k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()})
         batched = set(inputs)
         extra: dict[str, np.ndarray] = {}
+        clean: set[str] = set()  # tensors sanitized as a node output: unchanged as an input
         for idx, node in enumerate(self.graph.node):
             if self._sanitize:
-                self._sanitize_tensors(node.input, ctx)
+                self._sanitize_tensors([i for i in node.input if i not in clean], ctx)
             if node.op_type == "StreamingDataflowPartition":
                 self._run_partition(idx, node, ctx, full, extra)
             elif node.domain in ("", "ai.onnx"):
@@ -132,6 +137,7 @@ class Executor:
             batched.update(o for o in node.output if o)
             if self._sanitize:
                 self._sanitize_tensors(node.output, ctx)
+                clean.update(node.output)
         if full:
             for k, v in extra.items():
                 ctx.setdefault(k, v)
@@ -149,7 +155,7 @@ class Executor:
             sub = self._partition_override
             if sub is None:
                 sub = ModelWrapper(getCustomOp(node).get_nodeattr("model"))
-            child = self._children[idx] = Executor(sub)
+            child = self._children[idx] = Executor(sub, reference_mode=self.reference_mode)
         feed = {child.input_names[i]: ctx[name] for i, name in enumerate(node.input)}
         res = child.run(feed, full=full)
         for i, name in enumerate(node.output):
@@ -207,7 +213,10 @@ class Executor:
 
             inst = self._custom[idx] = getCustomOp(node)
         outs = [o for o in node.output if o]
-        if node.op_type in BATCH_SAFE:
+        kernel = None if self.reference_mode else KERNELS.get(node.op_type)
+        if kernel is not None and kernel(inst, node, ctx):
+            return
+        if node.op_type in BATCH_SAFE and not self.reference_mode:
             for o in outs:
                 ctx[o] = np.zeros([n] + self._shapes[o][1:], dtype=np.float32)
             inst.execute_node(ctx, self.graph)
@@ -258,9 +267,9 @@ def _widen_reshape_target(shape: np.ndarray, n: int) -> np.ndarray:
     return shape
 
 
-def run_batched(model, inputs: np.ndarray, partition=None, batch: int = 64) -> np.ndarray:
+def run_batched(model, inputs: np.ndarray, partition=None, batch: int = 64, reference_mode: bool = False) -> np.ndarray:
     """Execute a single-input single-output graph on `inputs` [N, ...] in chunks."""
-    ex = Executor(model, partition=partition)
+    ex = Executor(model, partition=partition, reference_mode=reference_mode)
     (in_name,) = ex.input_names
     out_name = ex.output_names[0]
     chunks = [ex.run({in_name: inputs[i : i + batch]})[out_name] for i in range(0, len(inputs), batch)]

@@ -96,7 +96,7 @@ def finalize_qdq(
     model = onnxoptimizer.optimize(model, ["eliminate_deadend", "eliminate_unused_initializer"])
     onnx.checker.check_model(model, full_check=True)
     model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
-    report.layout = check_trt_layout(model).to_dict()
+    report.layout = check_trt_layout(model, label=f"{label} (finalized)").to_dict()
     report.layout["model"] = str(onnx_out)
 
     x = check_inputs if check_inputs is not None else _default_inputs(original, seed)

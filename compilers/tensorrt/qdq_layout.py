@@ -127,12 +127,14 @@ class _Violation(Exception):
         super().__init__(f"node '{node.name}' ({node.op_type}) breaks rule '{rule}': {detail}")
 
 
-def check_trt_layout(model_or_path) -> LayoutReport:
+def check_trt_layout(model_or_path, label: str | None = None) -> LayoutReport:
     """Check every TensorRT explicit-quantization rule; raise UserError on the first break.
 
     The message names the node and the rule, and counts any further violations.
+    label: what to call the model in messages (default: its path or graph name).
     """
-    model, label = load_model(model_or_path)
+    model, default_label = load_model(model_or_path)
+    label = label or default_label
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception:

@@ -131,9 +131,11 @@ def near_duplicates(query_paths: Sequence[str], ref_paths: Sequence[str], thresh
 
     With `hashes` (path -> sha256) and `cache_dir`, thumbnails are cached by content.
     """
+    both = list(query_paths) + list(ref_paths)
     if hashes is not None and cache_dir is not None:
-        q, r = cached_thumbnails(query_paths, hashes, cache_dir, side), cached_thumbnails(ref_paths, hashes, cache_dir, side)
+        thumbs = cached_thumbnails(both, hashes, cache_dir, side)
     else:
-        q, r = thumbnails(query_paths, side), thumbnails(ref_paths, side)
-    idx, ncc = best_matches(normalise(q), normalise(r))
+        thumbs = thumbnails(both, side)
+    thumbs = normalise(thumbs)
+    idx, ncc = best_matches(thumbs[: len(query_paths)], thumbs[len(query_paths) :])
     return [(query_paths[i], ref_paths[idx[i]], float(ncc[i])) for i in np.nonzero(ncc >= threshold)[0]]

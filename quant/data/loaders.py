@@ -29,6 +29,7 @@ mask, or a single tile covering the whole image, keeps the image's class.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -85,8 +86,13 @@ class Listing:
 
 def _images_in(directory: Path, notes: list[str]) -> list[Path]:
     images, other = [], []
-    for p in sorted(p for p in directory.iterdir() if not p.name.startswith(".")):
-        (images if is_image_file(p) else other).append(p)
+    with os.scandir(directory) as entries:  # DirEntry.is_file() needs no extra stat
+        for e in entries:
+            if not e.name.startswith("."):
+                is_image = e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+                (images if is_image else other).append(Path(e.path))
+    images.sort()
+    other.sort()
     if other:
         notes.append(f"ignored {len(other)} non-image entries in {directory} (e.g. {other[0].name}); images must end in {', '.join(IMAGE_EXTENSIONS)}")
     return images

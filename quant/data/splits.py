@@ -75,10 +75,9 @@ def _dataset_root(cfg, seed: int, cache_dir: Path) -> Path:
     return Path(cfg.path).expanduser()
 
 
-def _names(keys: list[str], total: int | None = None) -> str:
-    total = len(keys) if total is None else total
+def _names(keys: list[str]) -> str:
     shown = ", ".join(keys[:_SHOWN])
-    return shown + (f" (+{total - _SHOWN} more)" if total > _SHOWN else "")
+    return shown + (f" (+{len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else "")
 
 
 def _warn(notes: list[str], message: str) -> None:

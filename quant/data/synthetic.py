@@ -221,8 +221,8 @@ def _segments_profile(
 
 def _contrast(rng: np.random.Generator, difficulty: float, scale: float = 1.0) -> float:
     """Defect amplitude in texture-std units: log-uniform between a floor and a ceiling."""
-    lo = 1.6 * (1.0 - difficulty) + 0.3 * difficulty
-    hi = 5.0 * (1.0 - difficulty) + 3.0 * difficulty
+    lo = 4.0 - 3.2 * difficulty
+    hi = 10.0 - 5.0 * difficulty
     return scale * _loguniform(rng, lo, hi)
 
 
@@ -247,7 +247,7 @@ def _scratch(rng, h, w, t, difficulty):
     if not core.any():  # only the faded tips inside: mark the strongest pixel
         core[np.unravel_index(int(np.argmax(prof)), prof.shape)] = True
     sign = 1.0 if rng.random() < 0.6 else -1.0
-    return t + sign * _contrast(rng, difficulty, scale=1.6) * prof, core
+    return t + sign * _contrast(rng, difficulty) * prof, core
 
 
 def _pit(rng, h, w, t, difficulty):
@@ -255,7 +255,7 @@ def _pit(rng, h, w, t, difficulty):
     n = 1 if rng.random() < 0.6 else int(rng.integers(2, 5))
     centre = np.array([rng.uniform(1, h - 2), rng.uniform(1, w - 2)])
     spread = rng.uniform(2, 10)
-    amp = _contrast(rng, difficulty, scale=1.3)
+    amp = _contrast(rng, difficulty)
     dark = rng.random() < 0.7
     out = t.copy()
     mask = np.zeros((h, w), dtype=bool)
@@ -265,7 +265,8 @@ def _pit(rng, h, w, t, difficulty):
         ecc = rng.uniform(0.7, 1.4)
         d2 = (yy - c[0]) ** 2 * ecc + (xx - c[1]) ** 2 / ecc
         blob = np.exp(-d2 / (2 * sigma**2))
-        a = amp * rng.uniform(0.6, 1.0)
+        # the blur flattens tiny pits: real ones that small are deep, high-contrast holes
+        a = amp * rng.uniform(0.6, 1.0) * min(2.5, (1.5 / sigma) ** 0.7)
         if dark and rng.random() < 0.35:  # crater: dark pit with a bright rim
             rim = np.exp(-d2 / (2 * (1.8 * sigma) ** 2))
             out += a * (0.45 * rim - 1.2 * blob)
@@ -304,7 +305,7 @@ def _crack(rng, h, w, t, difficulty):
         prof, core = _segments_profile(h, w, np.array(bp), bw, np.full(bn, 0.8))
         all_prof = np.maximum(all_prof, prof)
         all_core |= core
-    return t - _contrast(rng, difficulty, scale=1.2) * all_prof, all_core
+    return t - _contrast(rng, difficulty) * all_prof, all_core
 
 
 def _inclusion(rng, h, w, t, difficulty):
@@ -323,7 +324,7 @@ def _inclusion(rng, h, w, t, difficulty):
     if not (soft > 0.5).any():
         soft[int(round(cy)), int(round(cx))] = 1.0
     grain = _shaped(rng, (h, w), _gauss_filt(h, w, rng.uniform(0.5, 1.5)))
-    amp = _contrast(rng, difficulty, scale=0.8)
+    amp = _contrast(rng, difficulty, scale=0.6)
     inside = t * rng.uniform(0.2, 1.0) + (amp if rng.random() < 0.5 else -amp) + rng.uniform(0.2, 0.8) * grain
     return t * (1 - soft) + inside * soft, soft > 0.5
 

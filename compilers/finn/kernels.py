@@ -1,0 +1,91 @@
+"""Batched versions of the FINN/qonnx python-mode ops that only run one sample at a time.
+
+Each kernel reproduces the op's own `execute_node` (same index helpers, same order of
+operations) with a leading batch dimension N instead of the hard-coded batch of 1.
+A kernel returns False when a node uses a mode it does not cover; the executor then
+runs FINN's own implementation once per sample. parity.check_executor compares the
+result against FINN's execute_onnx.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def im2col(inst, node, ctx) -> bool:
+    """qonnx Im2Col.execute_node, batched."""
+    from qonnx.custom_op.general.im2col import compute_conv_output_dim, get_im2col_indices_nchw
+
+    k_h, k_w = inst.get_nodeattr("kernel_size")
+    stride_h, stride_w = inst.get_nodeattr("stride")
+    pad = list(inst.get_nodeattr("pad_amount"))
+    pad_val = inst.get_nodeattr("pad_value")
+    dil_h, dil_w = inst.get_nodeattr("dilations")
+    x = ctx[node.input[0]]
+    _im2col_nhwc(node, ctx, x, k_h, k_w, stride_h, stride_w, pad, pad_val, dil_h, dil_w,
+                 compute_conv_output_dim, get_im2col_indices_nchw)
+    return True
+
+
+def conv_input_generator(inst, node, ctx) -> bool:
+    """finn ConvolutionInputGenerator.execute_node (an Im2Col without padding), batched."""
+    from qonnx.custom_op.general.im2col import compute_conv_output_dim, get_im2col_indices_nchw
+
+    k = inst.get_nodeattr("ConvKernelDim")
+    s = inst.get_nodeattr("Stride")
+    d = inst.get_nodeattr("Dilation")
+    x = ctx[node.input[0]]
+    _im2col_nhwc(node, ctx, x, k[0], k[1], s[0], s[1], [0, 0, 0, 0], 0, d[0], d[1],
+                 compute_conv_output_dim, get_im2col_indices_nchw)
+    return True
+
+
+def _im2col_nhwc(node, ctx, x, k_h, k_w, stride_h, stride_w, pad, pad_val, dil_h, dil_w, out_dim, indices):
+    n, h, w, c = x.shape
+    out_h = out_dim(h, k_h, stride_h, pad[0] + pad[2], dil_h)
+    out_w = out_dim(w, k_w, stride_w, pad[1] + pad[3], dil_w)
+    x = x.transpose(0, 3, 1, 2)
+    x_padded = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[2]), (pad[1], pad[3])), mode="constant",
+                      constant_values=pad_val)
+    kk, ii, jj = indices(x.shape, k_h, k_w, pad, stride_h, stride_w, dil_h, dil_w)
+    cols = x_padded[:, kk, ii, jj]  # [N, C*kh*kw, out_h*out_w]
+    ret = cols.reshape(n, c, k_h, k_w, out_h, out_w).transpose(0, 4, 5, 2, 3, 1)
+    ctx[node.output[0]] = ret.reshape(n, out_h, out_w, k_h * k_w * c)
+
+
+def mvau(inst, node, ctx) -> bool:
+    """finn MVAU.execute_node (integer, non-binary modes), batched."""
+    from qonnx.custom_op.general.multithreshold import multithreshold
+
+    if inst.get_nodeattr("binaryXnorMode") or inst.get_nodeattr("inputDataType") == "BIPOLAR":
+        return False
+    x = ctx[node.input[0]]
+    n = x.shape[0]
+    x = x.reshape([n] + list(inst.get_normal_input_shape())[1:])
+    result = np.matmul(x, ctx[node.input[1]])
+    if inst.get_nodeattr("noActivation") == 0:
+        bipolar = inst.get_nodeattr("outputDataType") == "BIPOLAR"
+        out_scale, out_bias = (2, -1) if bipolar else (1, inst.get_nodeattr("ActVal"))
+        if result.ndim == 4:
+            result = result.transpose((0, 3, 1, 2))
+        result = multithreshold(result, ctx[node.input[2]], out_scale, out_bias)
+        if result.ndim == 4:
+            result = result.transpose((0, 2, 3, 1))
+    ctx[node.output[0]] = result.reshape([n] + list(inst.get_normal_output_shape())[1:])
+    return True
+
+
+def duplicate_streams(inst, node, ctx) -> bool:
+    """finn DuplicateStreams.execute_node, batched: every output is the input."""
+    x = ctx[node.input[0]]
+    out = np.asarray(x, dtype=np.float32).reshape([x.shape[0]] + list(inst.get_normal_input_shape())[1:])
+    for o in node.output:
+        ctx[o] = out
+    return True
+
+
+KERNELS = {
+    "Im2Col": im2col,
+    "ConvolutionInputGenerator": conv_input_generator,
+    "MVAU": mvau,
+    "DuplicateStreams": duplicate_streams,
+}

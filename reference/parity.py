@@ -1,0 +1,128 @@
+"""One parity report: the golden float model, the QAT models and every built target on
+the same test set, with metrics, agreement, curves, FPGA estimates, benchmarks and gates.
+
+Data first: build/<recipe>/report/report.json (schema in docs/CONTRACTS.md), then
+rendered to Markdown, self-contained HTML and PNG plots, and a console table.
+"""
+from __future__ import annotations
+
+import json
+
+from qdeploy import __version__
+from qdeploy.atomic import write_json
+from qdeploy.build.common import splits
+from qdeploy.errors import GateFailed, UserError
+from qdeploy.steps import Context, console
+from quant import metrics
+from reference import twins as tw
+from reference.gates import evaluate_gates, failed
+
+REPORT_SCHEMA = "qdeploy.report/1"
+
+
+def model_entries(ctx: Context, twins: list[tw.Twin]) -> dict:
+    from reference.plots import curves_for
+
+    s, r = splits(ctx), ctx.recipe
+    labels = s.test.labels
+    by_key = {t.key: t for t in twins}
+    out = {}
+    for t in twins:
+        ref = by_key.get(t.reference) if t.reference else None
+        out[t.key] = {
+            "label": t.label, "role": t.role, "target": t.target, "runtime": t.runtime, "device": t.device,
+            "precision": t.precision, "reference": t.reference,
+            "metrics": metrics.evaluate(t.logits, labels, s.ok_index, t.threshold, r.train.report_fpr),
+            "agreement_reference": metrics.agreement(ref.logits, t.logits) if ref is not None else None,
+            "agreement_float": metrics.agreement(by_key["float"].logits, t.logits)
+            if "float" in by_key and t.key != "float" else None,
+            "curves": curves_for(t.logits, labels, s.ok_index),
+            "extra": t.extra,
+        }
+    return out
+
+
+def _header(ctx: Context) -> dict:
+    s, r = splits(ctx), ctx.recipe
+    qat = json.loads((ctx.stage_dir("train") / "qat.json").read_text())
+    return {
+        "schema": REPORT_SCHEMA, "recipe": r.name, "qdeploy_version": __version__,
+        "dataset": {"classes": list(s.class_names), "ok_index": s.ok_index, "n_test": len(s.test),
+                    "notes": list(s.notes)},
+        "operating_point": {"threshold": qat.get("threshold"), "target_recall": r.train.target_recall,
+                            "target_fpr": r.train.target_fpr, "report_fpr": r.train.report_fpr},
+    }
+
+
+def target_parity(ctx: Context, target: str) -> dict:
+    """The parity check at the end of a target's build: its twin(s) against their QAT
+    reference and the float model. Writes <stage>/parity.json; a failed gate stops the build."""
+    twins = [t for t in tw.golden_cache(ctx)] + tw.TARGETS[target](ctx)
+    models = model_entries(ctx, twins)
+    models = {k: v for k, v in models.items() if k in ("float", "qat") or v["target"] == target}
+    gates = evaluate_gates(models, ctx.recipe.gates)
+    result = {**_header(ctx), "models": models, "gates": gates}
+    write_json(ctx.stage_dir(target) / "parity.json", result)
+    for key, m in models.items():
+        if m["role"] == "target":
+            ag = m["agreement_reference"]
+            console.print(f"{target} parity on {ag['n']} test images vs {m['reference']}: argmax agreement "
+                          f"{ag['argmax_agreement']:.4%}, max |d| {ag['max_abs_diff']:.3g} "
+                          f"({ag['max_abs_diff_rel']:.2g} of the logit scale); accuracy "
+                          f"{m['metrics']['accuracy']:.4f} vs {models[m['reference']]['metrics']['accuracy']:.4f}")
+    _raise_on_failure(gates)
+    return result
+
+
+def _raise_on_failure(gates: list[dict]) -> None:
+    bad = failed(gates)
+    if bad:
+        more = f" (+{len(bad) - 1} more failed gates)" if len(bad) > 1 else ""
+        raise GateFailed(f"parity gate failed: {bad[0]['message']}{more}")
+
+
+def _fpga_section(ctx: Context) -> dict | None:
+    path = ctx.stage_dir("fpga") / "fpga_summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _bench_section(ctx: Context) -> dict | None:
+    path = ctx.build_dir / "bench" / "bench.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def build_report(ctx: Context) -> dict:
+    targets = tw.built_targets(ctx)
+    twins = list(tw.golden_cache(ctx))
+    for t in targets:
+        twins += tw.TARGETS[t](ctx)
+    models = model_entries(ctx, twins)
+    report = {**_header(ctx), "targets_built": targets, "models": models, "fpga": _fpga_section(ctx),
+              "bench": _bench_section(ctx)}
+    fpga = models.get("fpga")
+    if fpga and report["fpga"] is not None:
+        report["fpga"]["stages"] = fpga["extra"].get("stages", report["fpga"].get("stages", []))
+    report["gates"] = evaluate_gates(models, ctx.recipe.gates)
+    return report
+
+
+def run_parity(ctx: Context, render_only: bool = False) -> dict:
+    from reference.render import print_console_summary, render_report
+
+    out_dir = ctx.build_dir / "report"
+    if render_only:
+        path = out_dir / "report.json"
+        if not path.is_file():
+            raise UserError(f"no report in {out_dir}: run 'make parity' first")
+        report = json.loads(path.read_text())
+    else:
+        if not tw.built_targets(ctx):
+            console.print("[yellow]no target built yet: the report holds the float and QAT models only "
+                          "(make target=fpga|npu|gpu build)[/yellow]")
+        report = build_report(ctx)
+        write_json(out_dir / "report.json", report)
+    paths = render_report(report, out_dir)
+    print_console_summary(report)
+    console.print(f"report: {paths['html']} (also {paths['md'].name}, report.json)")
+    _raise_on_failure(report["gates"])
+    return report
