@@ -9,6 +9,7 @@ not finish.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,8 @@ from rich.console import Console
 
 from qdeploy.atomic import write_json
 
-console = Console(stderr=True, highlight=False)
+# a log file or CI gets wide tables instead of rich's 80-column default
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 150)
 
 StepFn = Callable[["Context"], None]
 

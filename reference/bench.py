@@ -1,0 +1,182 @@
+"""`qdeploy bench`: throughput of every runtime present, measured with pytest-benchmark,
+interleaved (round-major: every runtime once per round, then the next round), written in
+one schema (docs/CONTRACTS.md, "bench") to build/<recipe>/bench/bench.json.
+
+Runtimes: PyTorch FP32 eager, onnxruntime FP32, onnxruntime INT8 QDQ (GPU artifact),
+OpenVINO FP32 and INT8 IR (sync, and async with the throughput hint), TensorRT where it
+exists; FINN's fps estimate is listed beside them, labelled an estimate.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from qdeploy.atomic import write_json
+from qdeploy.errors import UserError
+from qdeploy.steps import Context, console
+
+BATCHES = (1, 16)
+ROUNDS = 3  # interleaved rounds; each is one pytest-benchmark test per runtime and batch
+BENCH_SCHEMA = "qdeploy.bench/1"
+
+
+@dataclass
+class Runtime:
+    name: str  # unique, e.g. "openvino-int8-async"
+    target: str | None
+    precision: str
+    device: str
+    mode: str  # sync | async
+    make_fn: Callable[[np.ndarray], Callable]  # pixels -> no-arg callable with .images
+
+
+def _float_runtimes(ctx: Context, work: Path) -> list[Runtime]:
+    import torch
+
+    from compilers.openvino_ir import to_openvino_ir
+    from quant.checkpoint import load_checkpoint
+    from targets.openvino_device import select_device
+    from targets.runners import OpenVINORunner, OrtRunner, TorchRunner
+
+    model, _ = load_checkpoint(ctx.stage_dir("train") / "float")
+    h, w = ctx.recipe.dataset.size
+    onnx_path = work / "float.onnx"
+    torch.onnx.export(model, torch.zeros(1, 1, h, w), str(onnx_path), input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    xml = to_openvino_ir(model, (1, 1, h, w), work / "float.xml")
+    torch_runner = TorchRunner(model, name="pytorch-fp32")
+    ort_runner = OrtRunner(onnx_path, name="onnxruntime-fp32")
+    cpu = select_device("cpu")
+    return [
+        Runtime("pytorch-fp32", None, "fp32", "cpu", "sync", torch_runner.infer_fn),
+        Runtime("onnxruntime-fp32", None, "fp32", "cpu", "sync", ort_runner.infer_fn),
+        Runtime("openvino-fp32", None, "fp32 (device default)", "CPU", "sync",
+                lambda px: OpenVINORunner(xml, cpu, "default", batch=len(px)).infer_fn(px)),
+    ]
+
+
+def _target_runtimes(ctx: Context) -> list[Runtime]:
+    from targets.openvino_device import select_device
+    from targets.runners import OpenVINORunner, OrtRunner
+
+    out = []
+    qdq = ctx.stage_dir("gpu") / "model.qdq.onnx"
+    if qdq.is_file():
+        ort_q = OrtRunner(qdq, name="onnxruntime-int8-qdq")
+        out.append(Runtime("onnxruntime-int8-qdq", "gpu", "int8 QDQ", "cpu", "sync", ort_q.infer_fn))
+    xml = ctx.stage_dir("npu") / "model.xml"
+    if xml.is_file():
+        choice = select_device(ctx.recipe.npu.device)
+        dev = choice.device
+        for mode in ("sync", "async"):
+            out.append(Runtime(f"openvino-int8-{mode}", "npu", "int8", dev, mode,
+                               lambda px, m=mode: OpenVINORunner(xml, choice, "default", batch=len(px), mode=m).infer_fn(px)))
+    engine = ctx.stage_dir("gpu") / "model.engine"
+    if engine.is_file():
+        from targets.tensorrt_engine import TensorRTRunner, tensorrt_available
+
+        if tensorrt_available()[0]:
+            trt = TensorRTRunner(engine)
+            out.append(Runtime("tensorrt-int8", "gpu", "int8", trt.device, "sync", trt.infer_fn))
+    return out
+
+
+def _estimates(ctx: Context) -> list[dict]:
+    path = ctx.stage_dir("fpga") / "fpga_summary.json"
+    if not path.is_file():
+        return []
+    s = json.loads(path.read_text())
+    return [{"runtime": f"finn-dataflow ({s['part']} @ {s['clock_mhz']:g} MHz)", "target": "fpga", "precision":
+             f"w{ctx.recipe.model.weight_bits}a{ctx.recipe.model.act_bits}", "device": s["part"], "batch": 1,
+             "mode": "stream", "images_per_s": float(s["est_fps"]), "median_ms_per_batch": 1000.0 / float(s["est_fps"]),
+             "kind": "estimate", "ratio_vs": {}}]
+
+
+class _Plugin:
+    """Hands the prepared callables to pytest-benchmark, in interleaved order."""
+
+    def __init__(self, cases: list[tuple[int, str, int]], fns: dict):
+        self.cases, self.fns = cases, fns
+
+    def pytest_generate_tests(self, metafunc):
+        if "bench_case" in metafunc.fixturenames:
+            metafunc.parametrize("bench_case", self.cases, ids=[f"r{r}-{n}-b{b}" for r, n, b in self.cases])
+
+    def pytest_configure(self, config):
+        config._bench_fns = self.fns
+
+
+def run_bench(ctx: Context, rounds: int = ROUNDS, batches=BATCHES) -> dict:
+    import pytest
+
+    if not (ctx.stage_dir("train") / "float.json").is_file():
+        raise UserError(f"no trained model in {ctx.stage_dir('train')}: run 'make train' (or a build) first")
+    out_dir = ctx.build_dir / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(ctx.recipe.seed)
+    h, w = ctx.recipe.dataset.size
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        runtimes = _float_runtimes(ctx, Path(tmp)) + _target_runtimes(ctx)
+        fns = {}
+        for rt in runtimes:
+            for b in batches:
+                fns[(rt.name, b)] = rt.make_fn(rng.integers(0, 256, size=(b, 1, h, w), dtype=np.uint8))
+        cases = [(r, rt.name, b) for r in range(rounds) for rt in runtimes for b in batches]
+        raw = out_dir / "pytest-benchmark.json"
+        suite = Path(__file__).with_name("bench_suite.py")
+        code = pytest.main([str(suite), "-q", "-p", "no:cacheprovider", "--benchmark-json", str(raw),
+                            "--benchmark-disable-gc", "--benchmark-warmup=on", "-o", "python_files=bench_suite.py"],
+                           plugins=[_Plugin(cases, fns)])
+        if code != 0:
+            raise RuntimeError(f"benchmark run failed (pytest exit {code})")
+    result = summarize(json.loads(raw.read_text()), runtimes, fns)
+    result["results"] += _estimates(ctx)
+    write_json(out_dir / "bench.json", result)
+    print_bench(result)
+    return result
+
+
+def summarize(raw: dict, runtimes: list[Runtime], fns: dict) -> dict:
+    """pytest-benchmark JSON -> our schema: per runtime and batch, median over every
+    timed call of every interleaved round; images/s and ratios against the FP32 baselines."""
+    times: dict[tuple[str, int], list[float]] = {}
+    for b in raw["benchmarks"]:
+        _, name, batch = b["params"]["bench_case"]
+        times.setdefault((name, batch), []).extend(b["stats"]["data"])
+    by_name = {rt.name: rt for rt in runtimes}
+    results = []
+    for (name, batch), data in times.items():
+        rt = by_name[name]
+        med = float(np.median(data))
+        images = fns[(name, batch)].images
+        results.append({"runtime": name, "target": rt.target, "precision": rt.precision, "device": rt.device,
+                        "batch": batch, "mode": rt.mode, "images_per_s": images / med,
+                        "median_ms_per_batch": med * 1000.0, "images_per_call": images, "kind": "measured",
+                        "calls_timed": len(data)})
+    for r in results:
+        for base in ("pytorch-fp32", "onnxruntime-fp32"):
+            ref = next((x for x in results if x["runtime"] == base and x["batch"] == r["batch"]), None)
+            r.setdefault("ratio_vs", {})[base] = r["images_per_s"] / ref["images_per_s"] if ref else None
+    return {"schema": BENCH_SCHEMA, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "cpu_count": __import__("os").cpu_count(), "rounds_interleaved": max(
+                (b["params"]["bench_case"][0] for b in raw["benchmarks"]), default=0) + 1, "results": results}
+
+
+def print_bench(result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title="throughput (images/s; interleaved rounds, medians)")
+    for col in ("runtime", "target", "device", "batch", "images/s", "x PyTorch FP32", "x ORT FP32", "kind"):
+        table.add_column(col, justify="right" if col not in ("runtime", "target", "device", "kind") else "left")
+    for r in sorted(result["results"], key=lambda r: (r["batch"], r["runtime"])):
+        ratios = r.get("ratio_vs", {})
+        fmt = lambda v: f"{v:.2f}" if v else "-"  # noqa: E731
+        table.add_row(r["runtime"], r["target"] or "-", str(r["device"]), str(r["batch"]), f"{r['images_per_s']:.0f}",
+                      fmt(ratios.get("pytorch-fp32")), fmt(ratios.get("onnxruntime-fp32")), r["kind"])
+    console.print(table)
