@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,10 @@ def to_openvino_ir(model: nn.Module, in_shape: tuple[int, int, int, int], out_xm
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # NNCF quantizers read their integer levels as Python numbers while traced: constants
+            # of the exported graph, which is what we want; the tracer warns about each.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             ov_model = ov.convert_model(model, example_input=torch.zeros(in_shape), input=[in_shape])
     finally:
         model.train(was_training)

@@ -13,19 +13,22 @@ Modes:
   activations; the default for CNNs, and the cheapest form on the NPU and CPU), target
   device NPU (which NNCF maps to the CPU rules for 8-bit). Activation quantizers are
   signed or unsigned depending on the data (uint8 after ReLU); depthwise-conv inputs may be
-  per-channel; the first conv keeps NNCF's overflow fix.
+  per-channel. Three deliberate departures, for both modes (see _mode_parameters):
+  whole-batch statistics, no fast bias correction, no overflow fix.
 - "tensorrt": TensorRT's explicit-quantization layout: int8 everywhere, weights symmetric
-  per-channel (narrow range, [-127, 127]), activations symmetric per-tensor and SIGNED, no
-  overflow fix. NNCF's hardware rules reject `signedness_to_force=True` for activations
-  (every activation config is "signedness decided by data"), so per-tensor/symmetric are
-  set through AdvancedQuantizationParameters and the activation quantizers that calibration
-  made unsigned are then switched to signed with their public `signed` setter (same scale:
+  per-channel (narrow range, [-127, 127]), activations symmetric per-tensor and SIGNED.
+  NNCF's hardware rules reject `signedness_to_force=True` for activations (they leave every
+  activation's sign to the data), so per-tensor/symmetric are set through
+  AdvancedQuantizationParameters, and the activation quantizers that calibration made
+  unsigned are then switched to signed with their public `signed` setter (same scale:
   range [0, s] becomes [-s, s]; QAT fine-tuning absorbs the lost bit).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal
@@ -52,20 +55,26 @@ def quantize_int8(
 ) -> nn.Module:
     """Insert INT8 fake quantizers into a copy of `float_model` and calibrate them.
 
-    calib_batches: float tensors [N, 1, H, W] (already `to_input`); the first `subset_size`
-    images are used one by one (per-image statistics, deterministic). The float model is not
-    modified. The result is in eval mode; train it like any torch module for QAT.
+    calib_batches: float tensors [N, 1, H, W] (already `to_input`), used as given until
+    `subset_size` images. An activation's range is the mean over batches of each whole
+    batch's min/max (batchwise_statistics=False). NNCF's per-image alternative (the mean of
+    per-image maxima) clips what only some images have: with half the images carrying a
+    bright defect, it cut the input range to 0.76 (pixels reach 0.9) and shrank the INT8
+    logits by a quarter. So calibrate with batches that mix defects and good parts (the
+    shuffled training split does). The float model is not modified;
+    the result is in eval mode, ready for an ordinary torch training loop (QAT).
     """
     import nncf
 
     if mode not in MODES:
         raise UserError(f"unknown INT8 mode {mode!r}: choose one of {', '.join(MODES)}")
-    images = _calibration_images(calib_batches, subset_size)
+    batches = _calibration_batches(calib_batches, subset_size)
     kwargs = _mode_parameters(mode)
+    build_nncf_extension()
     was_training = float_model.training
     float_model.eval()
     try:
-        qmodel = nncf.quantize(float_model, nncf.Dataset(images), subset_size=len(images), **kwargs)
+        qmodel = nncf.quantize(float_model, nncf.Dataset(batches), subset_size=len(batches), **kwargs)
     finally:
         float_model.train(was_training)
     if mode == "tensorrt":
@@ -73,21 +82,39 @@ def quantize_int8(
     return qmodel.eval()
 
 
-def _calibration_images(calib_batches: Iterable[torch.Tensor], subset_size: int) -> list[torch.Tensor]:
+@functools.cache
+def build_nncf_extension() -> None:
+    """Build (once per machine and torch version) or load NNCF's C++ fake-quantize kernels.
+
+    NNCF otherwise builds them lazily at the model's first forward pass, in a thread it
+    abandons after 60 s: on a loaded 2-core machine the build took 160 s and the first
+    forward crashed with ExtensionLoaderTimeoutException. This public NNCF call has no time limit;
+    afterwards NNCF's lazy load finds the built library at once.
+    """
+    import nncf.torch
+    import nncf.torch.quantization.extensions  # noqa: F401  registers the loader force_build runs
+
+    nncf.torch.force_build_cpu_extensions()
+
+
+def _calibration_batches(calib_batches: Iterable[torch.Tensor], subset_size: int) -> list[torch.Tensor]:
     if subset_size < 1:
         raise ValueError("subset_size must be positive")
-    images: list[torch.Tensor] = []
+    batches: list[torch.Tensor] = []
+    remaining = subset_size
     for batch in calib_batches:
         if not (isinstance(batch, torch.Tensor) and batch.dim() == 4 and batch.is_floating_point()):
             got = f"{batch.dtype} {tuple(batch.shape)}" if isinstance(batch, torch.Tensor) else type(batch).__name__
             raise TypeError(f"calibration batches must be float tensors [N, C, H, W] (to_input), got {got}")
-        for image in batch.detach().split(1):
-            images.append(image.contiguous())
-            if len(images) == subset_size:
-                return images
-    if not images:
+        if len(batch) == 0:
+            continue
+        batches.append(batch[:remaining].detach().contiguous())
+        remaining -= len(batches[-1])
+        if remaining == 0:
+            break
+    if not batches:
         raise UserError("no calibration images: the training split is empty; check dataset.split and the dataset path")
-    return images
+    return batches
 
 
 def _mode_parameters(mode: Mode) -> dict:
@@ -99,11 +126,30 @@ def _mode_parameters(mode: Mode) -> dict:
         QuantizationParameters,
     )
 
+    # Batchwise=False: one min/max per whole batch (see quantize_int8). Bias correction off:
+    # QAT trains the biases anyway, and on the toy test model NNCF's fast bias correction
+    # moved BatchNorm biases by up to 0.05, raising the INT8-vs-float max |d| of the logits
+    # (up to 2.05) from 0.025 to 0.18 and flipping 1 of 128 decisions.
+    # Overflow fix off: NNCF's default halves the first conv's weight range (7 bits) for
+    # CPUs without VNNI, whose u8*s8 multiply-adds saturate. NPUs and the CPUs that ship with
+    # them (AVX-VNNI) do not need it, and its doubled scale puts each channel's largest weight
+    # exactly on a rounding tie that OpenVINO breaks differently from torch: with only that
+    # layer quantized, OpenVINO-vs-torch max |d| was 0.024 on the toy model's logits (~2);
+    # 7e-7 without the fix.
+    common = {
+        "batchwise_statistics": False,
+        "disable_bias_correction": True,
+        "overflow_fix": OverflowFix.DISABLE,
+    }
     if mode == "openvino":
-        return {"preset": nncf.QuantizationPreset.PERFORMANCE, "target_device": nncf.TargetDevice.NPU}
+        return {
+            "preset": nncf.QuantizationPreset.PERFORMANCE,
+            "target_device": nncf.TargetDevice.NPU,
+            "advanced_parameters": AdvancedQuantizationParameters(**common),
+        }
     sym = QuantizationScheme.SYMMETRIC
     advanced = AdvancedQuantizationParameters(
-        overflow_fix=OverflowFix.DISABLE,  # TensorRT uses the full int8 weight range
+        **common,
         activations_quantization_params=QuantizationParameters(num_bits=8, mode=sym, per_channel=False),
         weights_quantization_params=QuantizationParameters(num_bits=8, mode=sym, per_channel=True, narrow_range=True),
     )
@@ -134,7 +180,8 @@ def make_activations_signed(qmodel: nn.Module) -> int:
 class QuantizerInfo:
     """One fake quantizer NNCF inserted: where, and in which integer format."""
 
-    name: str  # NNCF hook name, e.g. "pre_hooks.conv1/conv2d/0__1.0"
+    name: str  # NNCF hook name, e.g. "pre_hooks.layers/0/conv1/conv2d/0__1.0"
+    op: str  # the op it feeds (weights) or follows (activations), e.g. "layers/0/conv1/conv2d/0"
     kind: Literal["weight", "activation"]
     symmetric: bool
     signed: bool
@@ -158,13 +205,14 @@ def _quantizers(qmodel: nn.Module):
     for name, module in get_hook_storage(qmodel).named_hooks():
         if not isinstance(module, BaseQuantizer):
             continue
-        hook_type, _, _ = decode_hook_name(name)
+        hook_type, op, _ = decode_hook_name(name)
         # NNCF creates weight quantizers (pre-hooks on the op's weight port) with a forced
         # sign (q8_w_sym: signedness_to_force=True); its hardware rules give activation
         # quantizers no forced sign (the data decides), so that spec tells them apart.
         is_weight = hook_type == "pre_hooks" and module.get_config().get("signedness_to_force") is True
         info = QuantizerInfo(
             name=name,
+            op=op,
             kind="weight" if is_weight else "activation",
             symmetric=isinstance(module, SymmetricQuantizer),
             signed=bool(module.signed),
@@ -234,12 +282,15 @@ def load_nncf_checkpoint(path: str | Path, fresh_float_model: nn.Module) -> tupl
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__}): delete it and rebuild") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a qdeploy NNCF checkpoint ({CHECKPOINT_FORMAT}): delete it and rebuild")
+    build_nncf_extension()
     qmodel = nncf.torch.load_from_config(fresh_float_model, json.loads(payload["nncf_config"]))
     try:
         qmodel.load_state_dict(payload["state_dict"])
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise UserError(f"{path} does not match the model it is loaded into ({first}); check model.name/width") from None
+        raise UserError(
+            f"{path} does not match the model it is loaded into ({first}); check model.name and model.width"
+        ) from None
     return qmodel.eval(), json.loads(payload["meta"])
 
 
@@ -256,11 +307,12 @@ def export_qdq_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | 
     import nncf
     import onnx
 
-    # torchao (needed by strip) warns that its CUDA kernels do not load on a CPU-only torch.
-    logging.getLogger("torchao").setLevel(logging.ERROR)
+    _import_strip_quietly()
     stripped = nncf.strip(qmodel, do_copy=True, example_input=example_input).eval()
     with atomic_path(path) as tmp:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # quantizer levels become constants
+            warnings.simplefilter("ignore", DeprecationWarning)  # dynamo=False is deliberate (Q/DQ export)
             torch.onnx.export(
                 stripped,
                 (example_input,),
@@ -276,3 +328,17 @@ def export_qdq_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | 
         if custom or not any(n.op_type == "QuantizeLinear" for n in graph.node):
             raise RuntimeError(f"NNCF export did not produce a standard Q/DQ graph (custom ops: {custom})")
     return Path(path)
+
+
+def _import_strip_quietly() -> None:
+    """nncf.strip imports torchao, which logs that its CUDA kernels do not load on a CPU-only
+    torch and that torch deprecates one of its registrations: noise for our users."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        import nncf.torch.quantization.strip  # noqa: F401
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

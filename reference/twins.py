@@ -96,15 +96,48 @@ def gpu(ctx: Context) -> list[Twin]:
     return [ref, twin]
 
 
+def fpga_stages(stage_dir):
+    """The FINN flow's saved intermediate models, in flow order."""
+    from compilers.finn.flow import PARTITION_STEP, STEPS
+    from compilers.finn.parity import Stage
+
+    models = stage_dir / "intermediate_models"
+    parent, out = None, []
+    for step in STEPS:
+        if step.__name__ == PARTITION_STEP:
+            parent = models / "dataflow_parent.onnx"
+        out.append(Stage(step.__name__, models / f"{step.__name__}.onnx", parent))
+    return out
+
+
 def fpga(ctx: Context) -> list[Twin]:
-    from compilers.finn.twin import run_dataflow_twin
+    """The final dataflow model in FINN python execution. Only when it is not bit-exact are
+    all stages re-checked, to name the first divergent node."""
+    from compilers.finn.parity import check_stages, compare, run_stage
+    from reference.gates import BIT_EXACT_REL
 
     d = ctx.stage_dir("fpga")
-    logits, extra = run_dataflow_twin(d, test_pixels(ctx))
-    threshold = next((t.threshold for t in golden_cache(ctx) if t.key == "qat"), None)
-    return [Twin("fpga", "FPGA target: FINN dataflow (python execution)", "target", logits, threshold,
-                 "finn python exec", "cpu (bit-accurate model of the FPGA)", extra.pop("precision", "integer"),
-                 "fpga", "qat", extra)]
+    qat = next(t for t in golden_cache(ctx) if t.key == "qat")
+    pixels = test_pixels(ctx)
+    stages = fpga_stages(d)
+    missing = [s.model_path for s in stages if not s.model_path.is_file()]
+    if missing:
+        raise UserError(f"FPGA build incomplete ({missing[0]} missing): run 'make target=fpga build'")
+    logits = run_stage(stages[-1], pixels)
+    extra = {"artifact": str(stages[-1].model_path), "final_stage": stages[-1].name,
+             "note": "FINN python execution of the generated dataflow graph (bit-accurate model of the "
+                     "hardware); fps and resources are estimates until run on a board"}
+    if compare(logits, qat.logits)["rel_diff"] > BIT_EXACT_REL:
+        per_stage = check_stages(stages, pixels, qat.logits)
+        extra["stages"] = [p.to_dict() for p in per_stage]
+        bad = next((p for p in per_stage if not p.exact), None)
+        if bad is not None and bad.first_divergence:
+            fd = bad.first_divergence
+            extra["first_divergent_node"] = (f"{fd.get('node')} ({fd.get('op_type', '?')}) in stage {bad.stage}: "
+                                             f"{fd.get('detail', '')}")
+    return [Twin("fpga", "FPGA target: FINN dataflow (python execution)", "target", logits, qat.threshold,
+                 "finn python exec", "cpu (bit-accurate model of the FPGA)",
+                 f"w{ctx.recipe.model.weight_bits}a{ctx.recipe.model.act_bits} integer", "fpga", "qat", extra)]
 
 
 def golden_cache(ctx: Context) -> list[Twin]:

@@ -14,9 +14,9 @@ it has those attributes, else left as it is. Every choice is checked on a scratc
 of the node (folded shapes must exist, an HLS node's stream widths must fit ap_int),
 so the model itself is never touched here.
 
-Tables depend only on the node attributes that are not searched, the FPGA part and
-whether it has UltraRAM, so identical layers (ResNet blocks) share one table; tables
-are memoised per process in `_TABLES` (bounded).
+A table depends only on the unit's node attributes (not its names), which of their
+inputs are streams, and the FPGA part, so identical layers (ResNet blocks) share one
+table; tables are memoised per process in `_TABLES` (bounded).
 """
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ import onnx
 from targets.fpga_parts import Part
 
 RESOURCES = ("LUT", "BRAM_18K", "URAM", "DSP")
-# Attributes the search sets; everything else on a node is part of its table's key.
+# Attributes the rules may set.
 SEARCHED_ATTRS = ("PE", "SIMD", "resType", "ram_style", "parallel_window")
-# Written by FINN's annotation passes, never read by the estimates.
+# Written by FINN's annotation passes, never read by the estimates; every other
+# attribute is part of a table's key.
 _IGNORED_ATTRS = ("cycles_estimate", "res_estimate", "cycles_rtlsim")
 
 
@@ -49,8 +50,7 @@ class Table:
     cycles: np.ndarray  # int64 [n]
     res: np.ndarray  # int64 [n, 4] in RESOURCES order
     width: np.ndarray  # int64 [n]: stream bits in + out, the tie-break among equal estimates
-    node_res: tuple  # per choice: per node a 4-tuple of resources
-    node_cycles: tuple  # per choice: per node cycles
+    estimates: tuple  # per choice: per node a NodeEstimate
     attrs: tuple  # per choice: per node a tuple of (attr, value) pairs
 
 
@@ -278,7 +278,7 @@ _TABLES_MAX = 1024
 
 
 def _signature(node) -> tuple:
-    keep = [a for a in node.attribute if a.name not in SEARCHED_ATTRS + _IGNORED_ATTRS]
+    keep = [a for a in node.attribute if a.name not in _IGNORED_ATTRS]
     return (node.op_type, node.domain, tuple(sorted((a.name, a.SerializeToString()) for a in keep)))
 
 
@@ -286,21 +286,55 @@ def _stream_inputs(model, node) -> tuple[int, ...]:
     return tuple(i for i, t in enumerate(node.input) if t and model.get_initializer(t) is None)
 
 
+@dataclass(frozen=True)
+class NodeEstimate:
+    cycles: int
+    res: tuple  # (LUT, BRAM_18K, URAM, DSP)
+    out: tuple  # (folded last dim, stream width) of output 0
+    ins: tuple  # per stream input: (input index, folded last dim, stream width)
+
+    @property
+    def width(self) -> int:
+        return self.out[1] + sum(w for _, _, w in self.ins)
+
+
 def _estimate(node, inst, fpgapart: str, streams: tuple[int, ...]):
-    """(cycles, (LUT, BRAM_18K, URAM, DSP), stream bits) of one node as configured, or FINN's exception."""
+    """FINN's view of one node as configured (a NodeEstimate), or the exception FINN raised."""
     try:
-        for i in streams:
-            inst.get_folded_input_shape(i)
-        inst.get_folded_output_shape()
+        ins = tuple((i, int(inst.get_folded_input_shape(i)[-1]), int(inst.get_instream_width(i))) for i in streams)
+        out = (int(inst.get_folded_output_shape()[-1]), int(inst.get_outstream_width()))
         if _is_hls(node) and hasattr(inst, "get_ap_int_max_w"):
             inst.get_ap_int_max_w()  # raises if a stream is wider than ap_int allows
         cycles = int(inst.get_exp_cycles())
         res = (int(inst.lut_estimation(fpgapart)), int(inst.bram_estimation(fpgapart)),
                int(inst.uram_estimation(fpgapart)), int(inst.dsp_estimation(fpgapart)))
-        width = sum(int(inst.get_instream_width(i)) for i in streams) + int(inst.get_outstream_width())
     except Exception as e:  # FINN signals an illegal folding by raising (assert, FINN*Error, Exception)
         return e
-    return cycles, res, width
+    return NodeEstimate(cycles, res, out, ins)
+
+
+def _attribute_overlay(inst):
+    """Serve this scratch instance's attributes from a dict; set_nodeattr writes only there.
+
+    FINN's estimates read attributes through get_nodeattr, which rebuilds the op's
+    attribute table and scans the node's attribute list on every call (about 100 us,
+    ~10^5 calls for the table of a large layer). The values set are the Python types
+    get_nodeattr returns (int, str), so the estimates see exactly what they would see
+    on a node carrying them.
+    """
+    values = {}
+    read = inst.get_nodeattr
+
+    def get(name):
+        if name not in values:
+            values[name] = read(name)
+        return values[name]
+
+    def set_(name, value):
+        values[name] = value
+
+    inst.get_nodeattr, inst.set_nodeattr = get, set_
+    return inst
 
 
 def unit_table(model, unit: Unit, part: Part) -> Table:
@@ -322,7 +356,7 @@ def _build_table(nodes, rule: str, part: Part, streams) -> Table:
         c = onnx.NodeProto()
         c.CopyFrom(n)
         scratch.append(c)
-    insts = [_inst(n) for n in scratch]
+    insts = [_attribute_overlay(_inst(n)) for n in scratch]
     if rule == "fixed":
         choices = iter([tuple({} for _ in nodes)])
     else:
@@ -339,10 +373,7 @@ def _build_table(nodes, rule: str, part: Part, streams) -> Table:
                 break
             per_node.append(est)
         else:
-            cycles = max(c for c, _, _ in per_node)
-            total = tuple(int(sum(r[i] for _, r, _ in per_node)) for i in range(len(RESOURCES)))
-            rows.append((cycles, total, tuple(r for _, r, _ in per_node), tuple(c for c, _, _ in per_node),
-                         tuple(tuple(a.items()) for a in choice), sum(w for _, _, w in per_node)))
+            rows.append((tuple(per_node), tuple(tuple(a.items()) for a in choice)))
     if not rows:
         raise RuntimeError(f"no legal folding found for {[n.name for n in nodes]}: {first_error!r}")
     return _pareto(rows)
@@ -355,18 +386,19 @@ def _pareto(rows) -> Table:
     the stream width keeps such a layer from being made wider than its cycle budget
     needs. Among identical choices the first generated stays (deterministic).
     """
-    order = sorted(range(len(rows)), key=lambda i: (rows[i][0], sum(rows[i][1]) + rows[i][5], i))
-    rows = [rows[i] for i in order]
-    cyc = np.array([r[0] for r in rows], dtype=np.int64)
-    res = np.array([r[1] for r in rows], dtype=np.int64).reshape(len(rows), len(RESOURCES))
-    width = np.array([r[5] for r in rows], dtype=np.int64)
+    cyc = np.array([max(e.cycles for e in est) for est, _ in rows], dtype=np.int64)
+    res = np.array([[sum(e.res[i] for e in est) for i in range(len(RESOURCES))] for est, _ in rows],
+                   dtype=np.int64).reshape(len(rows), len(RESOURCES))
+    width = np.array([sum(e.width for e in est) for est, _ in rows], dtype=np.int64)
     cost = np.concatenate([res, width[:, None]], axis=1)
+    order = np.lexsort((np.arange(len(rows)), cost.sum(axis=1), cyc))
+    cyc, cost = cyc[order], cost[order]
     keep = np.ones(len(rows), dtype=bool)
     for i in range(len(rows)):
         # Every j < i has cycles <= cycles[i] (and, at equal cycles, a cost sum <= that
         # of i), so j dominates i if it is no worse in any resource or in width.
         if np.any(np.all(cost[:i] <= cost[i], axis=1) & keep[:i]):
             keep[i] = False
-    idx = np.flatnonzero(keep)
-    return Table(cycles=cyc[idx], res=res[idx], width=width[idx], node_res=tuple(rows[i][2] for i in idx),
-                 node_cycles=tuple(rows[i][3] for i in idx), attrs=tuple(rows[i][4] for i in idx))
+    idx = order[keep]
+    return Table(cycles=cyc[keep], res=cost[keep, :len(RESOURCES)], width=cost[keep, len(RESOURCES)],
+                 estimates=tuple(rows[i][0] for i in idx), attrs=tuple(rows[i][1] for i in idx))

@@ -6,11 +6,12 @@ after FINN's convert_to_hw, create_dataflow_partition and specialize_layers:
 1. Every HW layer's legal foldings are listed and priced with FINN's own per-node
    estimates (targets.fold_space): cycles per frame, LUT, BRAM_18K, URAM, DSP.
 2. With the cycle budget C = clock / target_fps, each layer takes its cheapest folding
-   that needs at most C cycles. "Cheapest" weighs each resource by the part's budget of
-   it (LUT / (0.7 * LUTs), ...), so a layer spends DSPs or BRAM where those are
-   relatively plentiful; if the sum breaks the budget of one resource, that resource's
-   weight is raised and the layers choose again (a Lagrangian relaxation of the
-   multiple-choice knapsack), up to `_ROUNDS` times.
+   that needs at most C cycles. "Cheapest" prices each resource by the part's budget of
+   it (LUT / (0.7 * LUTs), ...), and a resource gets dearer as the design fills it
+   (marginal cost of u + u^2 at utilization u) or breaks its budget; the layers choose
+   again at the new prices for `_ROUNDS` rounds and the best round is kept (a
+   Lagrangian relaxation of this multiple-choice knapsack). Small designs thus get the
+   plainly cheapest folding, big ones a balance of LUT, LUTRAM, BRAM and DSP.
 3. The total, plus the data-width converters FINN will insert between layers whose
    stream widths now differ (FINN's StreamingDataWidthConverter estimate), must stay
    within capacity * budget for every resource. If it does not, the smallest cycle
@@ -97,9 +98,12 @@ class FoldingInfeasible(UserError):
 # ---------------------------------------------------------------- public API
 
 
-def fold(model, part: Part | str, clock_mhz: float, target_fps: float, budget: float = 0.7) -> FoldingResult:
-    """Fold `model` (FINN dataflow child, specialized) for `target_fps`; modifies it in place."""
-    part = get_part(part) if isinstance(part, str) else part
+def fold(model, part: Part | str, clock_mhz: float | None, target_fps: float, budget: float = 0.7) -> FoldingResult:
+    """Fold `model` (FINN dataflow child, specialized) for `target_fps`; modifies it in place.
+
+    `clock_mhz=None` means the part's default clock.
+    """
+    part, clock_mhz = _part_and_clock(part, clock_mhz)
     _check_args(clock_mhz, target_fps, budget)
     units = _hw_units(model)
     tables = [fs.unit_table(model, u, part) for u in units]
@@ -115,9 +119,10 @@ def fold(model, part: Part | str, clock_mhz: float, target_fps: float, budget: f
     config = search.config(picks)
     apply_folding(model, config)
     result = summarize(model, part, clock_mhz, target_fps, budget, config)
-    if result.max_cycles != search.max_cycles(picks) or not result.fits:
+    predicted = (search.max_cycles(picks), [int(x) for x in search.totals(picks)])
+    if (result.max_cycles, [result.resources[r] for r in RESOURCES]) != predicted or not result.fits:
         raise RuntimeError(f"folding bookkeeping disagrees with FINN's estimates of the folded model: "
-                           f"{result.max_cycles} vs {search.max_cycles(picks)} cycles, fits={result.fits}")
+                           f"{predicted} predicted, {result.max_cycles} cycles and {result.resources} found")
     return result
 
 
@@ -129,7 +134,7 @@ def apply_folding(model, config: dict):
     return model
 
 
-def finn_setfolding(model, part: Part | str, clock_mhz: float, target_fps: float,
+def finn_setfolding(model, part: Part | str, clock_mhz: float | None, target_fps: float,
                     budget: float = 0.7) -> FoldingResult:
     """FINN's own SetFolding (builder defaults) on a copy of `model`, summarized like `fold`.
 
@@ -138,7 +143,7 @@ def finn_setfolding(model, part: Part | str, clock_mhz: float, target_fps: float
     """
     from finn.transformation.fpgadataflow.set_folding import SetFolding
 
-    part = get_part(part) if isinstance(part, str) else part
+    part, clock_mhz = _part_and_clock(part, clock_mhz)
     _check_args(clock_mhz, target_fps, budget)
     folded = copy.deepcopy(model)
     folded = folded.transform(SetFolding(_cycle_budget(clock_mhz * 1e6, target_fps), mvau_wwidth_max=36,
@@ -161,7 +166,7 @@ def config_of(model) -> dict:
 
 def summarize(model, part: Part, clock_mhz: float, target_fps: float, budget: float, config: dict) -> FoldingResult:
     """What FINN's estimates say about `model` as it is folded now."""
-    layers, io = [], {}
+    layers = []
     for node in model.graph.node:
         if not fs.is_hw(node):
             continue
@@ -191,30 +196,45 @@ class _Search:
     def __init__(self, model, units, tables, limits):
         self.units, self.tables = units, tables
         self.limit = np.array([limits[r] for r in RESOURCES], dtype=float)
-        self.model = model
         where = {name: (u, k) for u, unit in enumerate(units) for k, name in enumerate(unit.nodes)}
         self.edges = []  # (producer (unit, pos), consumer (unit, pos), consumer input index)
         for producer, consumer, idx in _hw_edges(model):
             if producer in where and consumer in where:
                 self.edges.append((where[producer], where[consumer], idx))
-        self._widths = {}
 
-    def fit(self, budget_cycles: int):
-        """(picks, None) if some choice fits within `budget_cycles`, else (None, overuse)."""
+    def fit(self, budget_cycles: int, settle: bool = True):
+        """Best choice within `budget_cycles`: (picks, None) if it fits, else (None, overuse).
+
+        Each round every layer takes its cheapest choice at the current resource prices.
+        A resource's price is 1/limit times the marginal cost of f(u) = u + u^2 at its
+        average utilization u so far (resources get dearer as they fill up, so a big
+        design balances LUTRAM against BRAM and LUT against DSP instead of filling one),
+        times a factor raised while the resource is over budget. The best round wins:
+        within budget first, then the lowest sum of f(u). With settle=False the first
+        round that fits is taken (enough to decide feasibility).
+        """
         mult = np.ones(len(RESOURCES))
-        best_over = None
-        for _ in range(_ROUNDS):
-            weights = np.where(self.limit > 0, mult / np.maximum(self.limit, 1), _ZERO_CAPACITY_WEIGHT)
-            picks = [self._cheapest(t, budget_cycles, weights) for t in self.tables]
+        mean_util = np.zeros(len(RESOURCES))
+        best = None
+        for k in range(_ROUNDS):
+            price = np.where(self.limit > 0, mult * (1 + 2 * mean_util) / np.maximum(self.limit, 1),
+                             _ZERO_CAPACITY_WEIGHT)
+            picks = [self._cheapest(t, budget_cycles, price) for t in self.tables]
             total = self.totals(picks)
             util = np.where(self.limit > 0, total / np.maximum(self.limit, 1), np.where(total > 0, np.inf, 0))
-            if np.all(util <= 1):
-                return picks, None
-            worst = int(np.argmax(util))
-            if best_over is None or util[worst] < best_over[2]:
-                best_over = (RESOURCES[worst], int(total[worst]), float(util[worst]))
+            capped = np.minimum(util, 10.0)
+            score = (max(float(util.max()) - 1, 0.0), float(np.sum(capped + capped**2)))
+            if best is None or score < best[0]:
+                best = (score, picks, total, util)
+            if score[0] == 0 and not settle:
+                break
+            mean_util = (mean_util * k + capped) / (k + 1)
             mult = np.where(util > 1, mult * np.minimum(4.0, np.maximum(1.25, util)), mult)
-        return None, best_over
+        _, picks, total, util = best
+        if np.all(util <= 1):
+            return picks, None
+        worst = int(np.argmax(util))
+        return None, (RESOURCES[worst], int(total[worst]), float(util[worst]))
 
     @staticmethod
     def _cheapest(table, budget_cycles, weights) -> int:
@@ -242,26 +262,11 @@ class _Search:
     def _dwc(self, picks) -> int:
         luts = 0
         for (pu, pk), (cu, ck), idx in self.edges:
-            out_w = self._width(pu, pk, picks[pu], out=True)
-            in_w = self._width(cu, ck, picks[cu], out=False, idx=idx)
-            if out_w[0] != in_w[0]:  # folded last dimensions differ: FINN's InsertDWC condition
-                luts += _dwc_luts(out_w[1], in_w[1])
+            out = self.tables[pu].estimates[picks[pu]][pk].out
+            inp = next(i for i in self.tables[cu].estimates[picks[cu]][ck].ins if i[0] == idx)
+            if out[0] != inp[1]:  # folded last dimensions differ: FINN's InsertDWC condition
+                luts += _dwc_luts(out[1], inp[2])
         return luts
-
-    def _width(self, u, k, p, out: bool, idx: int = 0):
-        """(folded last dim, stream width) of a node's output / input `idx` under choice p."""
-        key = (u, k, p, out, idx)
-        if key not in self._widths:
-            node = self.model.get_node_from_name(self.units[u].nodes[k])
-            scratch = copy.deepcopy(node)
-            inst = fs._inst(scratch)
-            for a, v in self.tables[u].attrs[p][k]:
-                inst.set_nodeattr(a, v)
-            if out:
-                self._widths[key] = (int(inst.get_folded_output_shape()[-1]), int(inst.get_outstream_width()))
-            else:
-                self._widths[key] = (int(inst.get_folded_input_shape(idx)[-1]), int(inst.get_instream_width(idx)))
-        return self._widths[key]
 
     def cycle_values(self, lowest: int) -> list[int]:
         values = set()
@@ -276,15 +281,17 @@ def _infeasible(search, part, clock_hz, target_fps, budget, budget_cycles, min_c
     lo, hi, best = 0, len(values) - 1, None
     while lo <= hi:  # smallest cycle budget that fits (fitting is monotone in the budget)
         mid = (lo + hi) // 2
-        picks, _ = search.fit(values[mid])
+        picks, _ = search.fit(values[mid], settle=False)
         if picks is not None:
-            best, hi = picks, mid - 1
+            best, hi = values[mid], mid - 1
         else:
             lo = mid + 1
-    best_fps = math.floor(clock_hz / search.max_cycles(best)) if best is not None else None
+    # fold(best_fps) gets the cycle budget `best` back (_cycle_budget), so it fits.
+    best_fps = math.floor(clock_hz / best) if best is not None else None
     if over is None:  # beyond the most parallel folding of some layer
         slowest = max(range(len(search.tables)), key=lambda i: int(search.tables[i].cycles[0]))
-        name = search.units[slowest].nodes[-1]
+        fastest = search.tables[slowest].estimates[0]  # per node of the unit, at its fastest
+        name = search.units[slowest].nodes[max(range(len(fastest)), key=lambda k: fastest[k].cycles)]
         what = (f"target {target_fps:g} fps is beyond what {name} reaches fully parallel "
                 f"({min_cycles:,} cycles per frame, {clock_hz / min_cycles:,.0f} fps at {clock_hz / 1e6:g} MHz)")
     else:
@@ -298,6 +305,11 @@ def _infeasible(search, part, clock_hz, target_fps, budget, budget_cycles, min_c
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _part_and_clock(part: Part | str, clock_mhz: float | None) -> tuple[Part, float]:
+    part = get_part(part) if isinstance(part, str) else part
+    return part, part.default_clock_mhz if clock_mhz is None else clock_mhz
 
 
 def _check_args(clock_mhz, target_fps, budget):

@@ -90,14 +90,12 @@ def _require_file(path: Path, what: str) -> Path:
 class TorchRunner(Runner):
     """A torch module in eager mode on the CPU (float or NNCF/Brevitas fake-quant)."""
 
-    def __init__(self, model, name: str = "torch", precision: str = "fp32", threads: Optional[int] = None):
+    def __init__(self, model, name: str = "torch", precision: str = "fp32"):
         import torch
 
         self._torch = torch
         self.model = model.eval()
         self.name, self.device, self.precision = name, "cpu", precision
-        if threads:
-            torch.set_num_threads(threads)
 
     def _run(self, prepared: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
@@ -157,11 +155,12 @@ class OpenVINORunner(Runner):
     ):
         import openvino as ov
 
-        from compilers.openvino_ir import describe_ir
         from targets.openvino_device import compile_model
 
         if mode not in ("sync", "async"):
             raise ValueError(f"mode must be sync or async, got {mode!r}")
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
         xml = _require_file(Path(xml), "OpenVINO IR")
         core = core or ov.Core()
         model = core.read_model(xml)
@@ -169,7 +168,7 @@ class OpenVINORunner(Runner):
         if shape[0] != batch:
             shape[0] = batch
             model.reshape({model.inputs[0]: ov.PartialShape(shape)})
-        is_int8 = describe_ir(xml).is_int8
+        is_int8 = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
         what = "the INT8 IR" if is_int8 else "the FP32 IR"
         hint = "THROUGHPUT" if mode == "async" else "LATENCY"
         self.compiled, self.device_choice = compile_model(
@@ -226,4 +225,5 @@ class OpenVINORunner(Runner):
         return _counted(lambda: self._run_async(chunks), len(pixels) * len(chunks))
 
     def describe(self) -> dict:
-        return {**super().describe(), "batch": self.fixed_batch, "mode": self.mode, **self.device_choice.to_dict()}
+        return {**super().describe(), "batch": self.fixed_batch, "mode": self.mode,
+                "device_choice": self.device_choice.to_dict()}

@@ -245,6 +245,9 @@ class TensorRTRunner(Runner):
         if len(inputs) != 1 or len(outputs) != 1:
             raise UserError(f"{engine_path}: expected one input and one output, found {inputs} and {outputs}")
         self.input, self.output = inputs[0], outputs[0]
+        dtypes = {n: self.engine.get_tensor_dtype(n) for n in names}
+        if any(d != trt.float32 for d in dtypes.values()):
+            raise UserError(f"{engine_path}: expected float32 input and output, found {dtypes}; build it from the FP32-typed QDQ ONNX")
         shape = [int(d) for d in self.engine.get_tensor_shape(self.input)]
         if shape[0] == -1:
             self.max_batch = int(self.engine.get_tensor_profile_shape(self.input, 0)[2][0])

@@ -17,21 +17,24 @@ PART, CLOCK = "zcu104", 200.0
 # ---------------------------------------------------------------- test graphs
 
 
-def _brevitas_cnn(size=64, channels=(16, 32, 64), residual=False):
+def _brevitas_cnn(size=64, channels=(16, 32, 64), residual=False, depthwise=False):
     """W4A4 CNN in the shape the FINN notes say lowers fully: 8-bit input quantizer,
     conv(bias=False)-BN-QuantReLU blocks, TruncAvgPool global pool, QuantLinear head;
-    `residual` adds one identity-shortcut block after the stem."""
+    `residual` adds one identity-shortcut block after the stem, `depthwise` a
+    depthwise-separable block (3x3 groups=C, then 1x1)."""
     import brevitas.nn as qnn
     from brevitas.quant import Int8WeightPerTensorFloat, TruncTo8bit
 
     class W4(Int8WeightPerTensorFloat):
         bit_width = 4
 
-    def conv(cin, cout, stride):
-        return qnn.QuantConv2d(cin, cout, 3, stride=stride, padding=1, bias=False, weight_quant=W4)
+    def conv(cin, cout, stride, k=3, groups=1):
+        return qnn.QuantConv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False,
+                               weight_quant=W4)
 
-    def block(cin, cout, stride):
-        return [conv(cin, cout, stride), nn.BatchNorm2d(cout), qnn.QuantReLU(bit_width=4, return_quant_tensor=True)]
+    def block(cin, cout, stride, k=3, groups=1):
+        return [conv(cin, cout, stride, k, groups), nn.BatchNorm2d(cout),
+                qnn.QuantReLU(bit_width=4, return_quant_tensor=True)]
 
     class Net(nn.Module):
         def __init__(self):
@@ -40,6 +43,9 @@ def _brevitas_cnn(size=64, channels=(16, 32, 64), residual=False):
             for c in channels:
                 layers += block(cin, c, 2)
                 cin = c
+            if depthwise:
+                layers += block(cin, cin, 1, groups=cin) + block(cin, 2 * cin, 1, k=1)
+                cin = 2 * cin
             self.body = nn.Sequential(*layers)
             if residual:
                 self.branch = nn.Sequential(*block(cin, cin, 1), conv(cin, cin, 1), nn.BatchNorm2d(cin))
@@ -99,6 +105,11 @@ def cnn(tmp_path_factory):
     return finn_hw_graph(_brevitas_cnn(), 64, tmp_path_factory.mktemp("cnn"))
 
 
+@pytest.fixture(scope="module")
+def dwcnn(tmp_path_factory):
+    return finn_hw_graph(_brevitas_cnn(32, (16,), depthwise=True), 32, tmp_path_factory.mktemp("dwcnn"))
+
+
 # ---------------------------------------------------------------- checks against FINN
 
 
@@ -114,11 +125,11 @@ def _finn_view(model, fpga_part):
     return perf["max_cycles"], perf["max_cycles_node_name"], totals
 
 
-def _check_result(model, result, target_fps):
+def _check_result(model, result, target_fps, clock=CLOCK):
     """The result is what FINN says about the model as folded, meets the target, fits."""
     max_cycles, slowest, finn_totals = _finn_view(model, result.fpga_part)
     assert result.max_cycles == max_cycles and result.bottleneck == slowest
-    assert result.est_fps == pytest.approx(CLOCK * 1e6 / max_cycles)
+    assert result.est_fps == pytest.approx(clock * 1e6 / max_cycles)
     assert result.est_fps >= 0.95 * target_fps and result.achieved >= 0.95
     expected = dict(finn_totals, LUT=finn_totals["LUT"] + result.dwc_luts)
     assert result.resources == expected
@@ -161,14 +172,37 @@ def test_folded_model_passes_finn_dwc_insertion_and_codegen(cnn, tmp_path):
     from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
     from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
     from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from qonnx.custom_op.registry import getCustomOp
 
     model = copy.deepcopy(cnn)
     result = fold(model, PART, CLOCK, 20000)
     with finn_build_dir(tmp_path):
         model = model.transform(InsertDWC()).transform(SpecializeLayers(result.fpga_part))
         model = model.transform(PrepareIP(result.fpga_part, 1e3 / CLOCK))
-    dwcs = [n for n in model.graph.node if n.op_type.startswith("StreamingDataWidthConverter")]
-    assert (len(dwcs) > 0) == (result.dwc_luts > 0)
+    dwcs = [getCustomOp(n) for n in model.graph.node if n.op_type.startswith("StreamingDataWidthConverter")]
+    assert dwcs and sum(d.lut_estimation(result.fpga_part) for d in dwcs) == result.dwc_luts
+
+
+@pytest.mark.parametrize("target", [1000, 100000])
+def test_depthwise_generator_and_vvau_fold_together(dwcnn, target, tmp_path):
+    from compilers.finn.env import finn_build_dir
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+    from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+
+    model = copy.deepcopy(dwcnn)
+    result = fold(model, PART, CLOCK, target)
+    _check_result(model, result, target)
+    vvau = next(n for n in model.graph.node if n.op_type.startswith("VVAU"))
+    swg = model.find_producer(vvau.input[0])
+    v, g = result.config[vvau.name], result.config[swg.name]
+    assert swg.op_type.startswith("ConvolutionInputGenerator") and g["SIMD"] == v["PE"]
+    assert g["parallel_window"] == int(v["SIMD"] > 1)
+    if target == 100000:  # 32x32x16 depthwise 3x3 in 2,000 cycles: window parallelism needed
+        assert v["PE"] == 16 and v["SIMD"] > 1
+    with finn_build_dir(tmp_path):  # FINN generates the code for this folding
+        model.transform(InsertDWC()).transform(SpecializeLayers(result.fpga_part)).transform(
+            PrepareIP(result.fpga_part, 1e3 / CLOCK))
 
 
 def test_beats_finn_setfolding_at_20000_fps(cnn):
@@ -197,6 +231,16 @@ def test_unreachable_target_names_the_layer_and_its_best_fit_folds(cnn):
     _check_result(model, fold(model, PART, CLOCK, best), best)
 
 
+def test_tight_lut_budget_is_met_by_moving_work_to_dsp_and_bram(cnn):
+    roomy = fold(copy.deepcopy(cnn), "pynq-z1", 100.0, 20000, budget=0.7)
+    model = copy.deepcopy(cnn)
+    tight = fold(model, "pynq-z1", 100.0, 20000, budget=0.5)
+    _check_result(model, tight, 20000, clock=100.0)
+    assert tight.resources["LUT"] <= 0.5 * 53_200 < roomy.resources["LUT"]
+    assert tight.resources["DSP"] > roomy.resources["DSP"] and tight.resources["BRAM_18K"] > roomy.resources["BRAM_18K"]
+    assert any(a.get("resType") == "dsp" for n, a in tight.config.items() if n.startswith("MVAU_hls"))
+
+
 def test_target_over_budget_reports_resource_and_a_best_fit_that_folds(cnn):
     with pytest.raises(FoldingInfeasible) as e:
         fold(copy.deepcopy(cnn), "pynq-z1", 100.0, 20000, budget=0.2)
@@ -204,8 +248,10 @@ def test_target_over_budget_reports_resource_and_a_best_fit_that_folds(cnn):
     assert msg.startswith("target 20000 fps does not fit pynq-z1 within 20% of LUT (needs ")
     assert "of 10,640)" in msg and "best fit:" in msg and "\n" not in msg
     best = e.value.best_fps
-    result = fold(copy.deepcopy(cnn), "pynq-z1", 100.0, best, budget=0.2)
-    assert result.fits and result.est_fps >= best and result.resources["LUT"] <= 0.2 * 53_200
+    model = copy.deepcopy(cnn)
+    result = fold(model, "pynq-z1", 100.0, best, budget=0.2)
+    _check_result(model, result, best, clock=100.0)
+    assert result.resources["LUT"] <= 0.2 * 53_200
     with pytest.raises(FoldingInfeasible):  # the best fit is the boundary, not a guess
         fold(copy.deepcopy(cnn), "pynq-z1", 100.0, int(best * 1.02), budget=0.2)
 
@@ -228,6 +274,11 @@ def test_deterministic_and_fast(cnn):
     assert elapsed < 10
 
 
+def test_default_clock_is_the_parts(cnn):
+    result = fold(copy.deepcopy(cnn), "pynq-z2", None, 1000)
+    assert result.clock_mhz == get_part("pynq-z2").default_clock_mhz == 100.0
+
+
 def test_apply_folding_sets_a_config_in_place(cnn):
     model = copy.deepcopy(cnn)
     name = next(n.name for n in model.graph.node if n.op_type.startswith("MVAU"))
@@ -247,7 +298,7 @@ def test_apply_folding_sets_a_config_in_place(cnn):
 ])
 def test_bad_arguments_are_user_errors(cnn, kwargs, needle):
     args = dict(part=PART, clock_mhz=CLOCK, target_fps=1000) | kwargs
-    with pytest.raises(UserError, match=None) as e:
+    with pytest.raises(UserError) as e:
         fold(copy.deepcopy(cnn), **args)
     assert needle in str(e.value)
 

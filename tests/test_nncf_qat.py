@@ -6,6 +6,8 @@ something before it is quantized.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import onnx
 import pytest
@@ -32,7 +34,9 @@ class TinyNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.expand = nn.Sequential(nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
-        self.depthwise = nn.Sequential(nn.Conv2d(width, width, 3, 1, 1, groups=width, bias=False), nn.BatchNorm2d(width))
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(width, width, 3, 1, 1, groups=width, bias=False), nn.BatchNorm2d(width)
+        )
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x):
@@ -58,6 +62,7 @@ def toy_batches(n_batches: int, batch: int, seed: int):
         yield to_input(px), torch.from_numpy(y)
 
 
+@functools.lru_cache(maxsize=None)  # shared with test_openvino; callers must not modify it
 def trained_tiny(seed: int = 0, width: int = 8) -> TinyNet:
     torch.manual_seed(seed)
     model = TinyNet(width)
@@ -149,7 +154,7 @@ def test_int8_model_tracks_the_float_model(request, float_model, fixture):
     with torch.no_grad():
         ref, out = float_model(x), qmodel(x)
     assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.97
-    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
     assert not torch.equal(out, ref)  # the quantizers are really in the path
 
 
@@ -157,8 +162,8 @@ def test_qat_finetuning_trains_weights_and_scales(float_model):
     qmodel = quantize_int8(float_model, calib_batches(), "tensorrt", subset_size=16)
     scales_before = {k: v.clone() for k, v in qmodel.state_dict().items() if k.endswith(".scale")}
     assert scales_before
-    losses = finetune_steps(qmodel, toy_batches(12, 32, seed=300), steps=12, lr=0.05)
-    assert len(losses) == 12 and np.mean(losses[-4:]) <= np.mean(losses[:4])
+    losses = finetune_steps(qmodel, toy_batches(8, 16, seed=300), steps=8, lr=0.05)
+    assert len(losses) == 8 and np.mean(losses[-3:]) <= np.mean(losses[:3])
     after = qmodel.state_dict()
     assert any(not torch.equal(after[k], v) for k, v in scales_before.items())
     assert all(q.signed for q in quantizer_summary(qmodel))  # training keeps the TensorRT format
@@ -204,15 +209,13 @@ def test_qdq_onnx_export_runs_in_onnxruntime_like_the_torch_model(tmp_path, q_te
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert all(n.domain in ("", "ai.onnx") for n in graph.node)  # no NNCF custom ops
-    zero_points = [
-        numpy_helper.to_array(t)
-        for t in graph.initializer
-        if any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] == t.name for n in graph.node)
-    ] + [
-        numpy_helper.to_array(n.attribute[0].t)
-        for n in graph.node
-        if n.op_type == "Constant" and any(q.op_type == "QuantizeLinear" and n.output[0] in q.input[2:] for q in graph.node)
-    ]
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for n in graph.node:  # topological order: Constant nodes, and Identity aliases of constants
+        if n.op_type == "Constant":
+            constants[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+        elif n.op_type == "Identity" and n.input[0] in constants:
+            constants[n.output[0]] = constants[n.input[0]]
+    zero_points = [constants[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -242,7 +245,10 @@ def test_registry_models_quantize_in_both_modes(tmp_path, name):
     for mode in ("openvino", "tensorrt"):
         qmodel = quantize_int8(model, calib_batches(), mode, subset_size=16)
         summary = quantizer_summary(qmodel)
-        assert sum(q.kind == "weight" for q in summary) == _weighted_layers(model)
+        weights = {".".join(q.op.split("/")[:-2]) for q in summary if q.kind == "weight"}  # module paths
+        layers = {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+        # NNCF leaves squeeze-excite convs (on a 1x1 pooled map) in float: its SE ignored pattern.
+        assert weights == {n for n in layers if ".se." not in n}
         if mode == "tensorrt":
             assert all(q.signed and not q.per_channel for q in summary if q.kind == "activation")
         path = save_nncf_checkpoint(tmp_path / f"{mode}.pt", qmodel, {})

@@ -78,6 +78,18 @@ _FLOAT_HINTS = {
 }
 
 
+RULES = (
+    "activation",
+    "softmax",
+    "squeeze-excite",
+    "maxpool-fork",
+    "float-weights",
+    "float-input",
+    "residual-scale",
+    "avgpool-after-maxpool",
+)
+
+
 @dataclass(frozen=True)
 class Problem:
     node: str
@@ -213,7 +225,14 @@ def find_problems(model) -> list[Problem]:
         if op == "MaxPool" and len(g.consumers.get(node.output[0], [])) > 1:
             add(node, "maxpool-fork", "a MaxPool whose output feeds several nodes corrupts FINN's "
                 "layout conversion; use a stride-2 conv stem (or a single consumer)")
-    return problems
+    # Architecture problems first (they need a model change), then one problem per node.
+    order = {rule: i for i, rule in enumerate(RULES)}
+    seen, unique = set(), []
+    for p in sorted(problems, key=lambda p: order[p.rule]):
+        if p.node not in seen:
+            seen.add(p.node)
+            unique.append(p)
+    return unique
 
 
 def check_lowerable(model, source: str = "model") -> None:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
 from qdeploy.atomic import write_text
 from qdeploy.errors import UserError
@@ -57,7 +57,7 @@ class Continuation:
             "FPGA build stopped after HLS/RTL code generation: XILINX_VIVADO is not set (no Vivado here).\n"
             f"On a machine with Vivado/Vitis HLS (and finn-plus installed), these FINN steps continue this design:\n"
             f"{steps}\n"
-            f"Command (from this directory's parent, after sourcing Vivado's settings64.sh):\n"
+            f"Command (after sourcing Vivado's settings64.sh):\n"
             f"  {self.command_line()}\n"
             f"Outputs will go to {self.output_dir}: bitfile/, driver/, deploy/, report/."
         )

@@ -17,9 +17,9 @@ the same order with the same per-node implementations, but on a batch:
   generic op type (`to_generic`), which is what FINN's python simulation means;
 - a StreamingDataflowPartition node runs its partition model recursively.
 
-The executor is checked against FINN's `execute_onnx` on a few samples
-(`check_against_finn`), so a mistake here shows as an internal error, not as a
-parity result.
+parity.check_executor compares it with FINN's `execute_onnx` on a few samples of
+every stage; where they disagree the stage runs with `reference_mode=True` (every
+custom node through FINN's own code, one sample at a time).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from onnx import numpy_helper as nph
 from compilers.finn.env import ensure_finn
 from compilers.finn.kernels import KERNELS
 
-# Custom ops whose python execute_node is batch-agnostic (checked by tests/test_finn_parity.py).
+# Custom ops whose python execute_node is batch-agnostic (numpy broadcasting / elementwise).
 BATCH_SAFE = frozenset(
     {
         "MultiThreshold",
@@ -265,15 +265,6 @@ def _widen_reshape_target(shape: np.ndarray, n: int) -> np.ndarray:
     if shape.size and shape[0] == 1:
         shape[0] = n
     return shape
-
-
-def run_batched(model, inputs: np.ndarray, partition=None, batch: int = 64, reference_mode: bool = False) -> np.ndarray:
-    """Execute a single-input single-output graph on `inputs` [N, ...] in chunks."""
-    ex = Executor(model, partition=partition, reference_mode=reference_mode)
-    (in_name,) = ex.input_names
-    out_name = ex.output_names[0]
-    chunks = [ex.run({in_name: inputs[i : i + batch]})[out_name] for i in range(0, len(inputs), batch)]
-    return np.concatenate(chunks, axis=0)
 
 
 def run_finn_reference(model, sample: np.ndarray, partition=None, work_dir: str | Path | None = None) -> dict:

@@ -30,13 +30,14 @@ import numpy as np
 
 from compilers.finn import steps as S
 from compilers.finn.env import ensure_finn, finn_build_dir, tool_environment, vivado_available
-from qdeploy.atomic import write_json
+from qdeploy.atomic import write_json, write_text
 from qdeploy.errors import UserError
 
 Step = Callable[[Any, S.FlowConfig], Any]
 
 STEPS: tuple[Step, ...] = (
     S.preprocess,
+    S.fix_avgpool_trunc,
     S.qonnx_to_finn,
     S.tidy_up,
     S.streamline,
@@ -91,7 +92,7 @@ def run_steps(model, cfg: S.FlowConfig, steps: Sequence[Step] = STEPS, log: Call
         model = step(model, cfg)
         times[name] = round(time.perf_counter() - t0, 3)
         S.save_model(model, cfg.intermediate_dir / f"{name}.onnx")
-        write_json(cfg.out_dir / "time_per_step.json", times)
+        write_text(cfg.out_dir / "time_per_step.json", json.dumps(times, indent=2) + "\n")  # in step order
     return model, times
 
 
@@ -130,8 +131,6 @@ def lower(
     folding: fold(model, part, clock_mhz, target_fps, budget) -> plan with .config/.est_fps;
     None -> FINN's SetFolding for target_fps.
     """
-    from qonnx.core.modelwrapper import ModelWrapper
-
     from compilers.finn.checks import check_lowerable
     from compilers.finn.continuation import run_continuation, write_continuation
     from compilers.finn.parity import check_stages
@@ -146,28 +145,18 @@ def lower(
     qonnx_path = Path(qonnx_path)
     model = load_qonnx(qonnx_path)
     check_lowerable(model, source=qonnx_path.name)
-    in_shape = tuple(model.get_tensor_shape(model.graph.input[0].name))
     if samples_uint8 is not None:
-        samples_uint8 = check_samples(samples_uint8, in_shape)
-        if reference_logits is None:
-            reference_logits = qonnx_reference(model, samples_uint8, batch=parity_batch)
-        reference_logits = np.asarray(reference_logits, dtype=np.float32)
-        if reference_logits.ndim != 2 or len(reference_logits) != len(samples_uint8):
-            raise UserError(
-                f"reference_logits has shape {reference_logits.shape}; expected [{len(samples_uint8)}, classes] "
-                "(one row per sample)"
-            )
+        samples_uint8, reference_logits = parity_inputs(model, samples_uint8, reference_logits, parity_batch)
 
-    out_dir = Path(out_dir).resolve()
-    cfg = S.FlowConfig(out_dir, part, clock_mhz, float(target_fps), float(budget), folding, streamline)
-    cfg.intermediate_dir.mkdir(parents=True, exist_ok=True)
+    cfg = S.FlowConfig(Path(out_dir).resolve(), part, clock_mhz, float(target_fps), float(budget), folding, streamline)
+    clear_outputs(cfg)
     with finn_build_dir(cfg.finn_tmp):
-        final, times = run_steps(model, cfg, log=log)
+        _, times = run_steps(model, cfg, log=log)
         parity = []
         if samples_uint8 is not None:
             log(f"finn parity: {len(samples_uint8)} samples x {len(STEPS)} stages")
             parity = check_stages(stage_list(cfg), samples_uint8, reference_logits, batch=parity_batch)
-            write_json(out_dir / "parity.json", [p.to_dict() for p in parity])
+            write_json(cfg.out_dir / "parity.json", [p.to_dict() for p in parity])
         final_path = cfg.intermediate_dir / f"{STEPS[-1].__name__}.onnx"
         cont = write_continuation(cfg, final_path)
         command = cont.command_line()
@@ -177,11 +166,49 @@ def lower(
             command = None
         else:
             log(cont.message())
+    result = collect_result(cfg, times, parity, final_path, command)
+    write_json(cfg.out_dir / "finn_result.json", result.to_dict())
+    return result
 
+
+def parity_inputs(model, samples_uint8, reference_logits, batch: int):
+    """Validated samples and reference logits (the QONNX graph's own when none are given)."""
+    in_shape = tuple(model.get_tensor_shape(model.graph.input[0].name))
+    samples_uint8 = check_samples(samples_uint8, in_shape)
+    if reference_logits is None:
+        reference_logits = qonnx_reference(model, samples_uint8, batch=batch)
+    reference_logits = np.asarray(reference_logits, dtype=np.float32)
+    if reference_logits.ndim != 2 or len(reference_logits) != len(samples_uint8):
+        raise UserError(
+            f"reference_logits has shape {reference_logits.shape}; expected [{len(samples_uint8)}, classes] "
+            "(one row per sample)"
+        )
+    return samples_uint8, reference_logits
+
+
+_OUTPUTS = ("intermediate_models", "report", "finn_tmp", "time_per_step.json", "parity.json", "finn_result.json",
+            "finn_build_config.json", "NEXT_STEPS.txt")
+
+
+def clear_outputs(cfg: S.FlowConfig) -> None:
+    """Remove what a previous lower() left in out_dir (never the Vivado results in vivado/)."""
+    import shutil
+
+    for name in _OUTPUTS:
+        path = cfg.out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    cfg.intermediate_dir.mkdir(parents=True, exist_ok=True)
+
+
+def collect_result(cfg: S.FlowConfig, times, parity, final_path: Path, command: Optional[str]) -> FinnResult:
     perf = json.loads((cfg.report_dir / "estimate_network_performance.json").read_text())
     totals = json.loads((cfg.report_dir / "estimate_layer_resources.json").read_text())["total"]
-    result = FinnResult(
-        out_dir=out_dir,
+    notes = {k: v for k, v in cfg.notes.items() if k not in ("host_ops", "generated_sources")}
+    return FinnResult(
+        out_dir=cfg.out_dir,
         final_model=final_path,
         parent_model=cfg.parent_model_path,
         stages=[s.__name__ for s in STEPS],
@@ -189,16 +216,13 @@ def lower(
         est_fps=float(perf["estimated_throughput_fps"]),
         est_latency_ms=float(perf["estimated_latency_ns"]) / 1e6,
         resources={k: float(v) for k, v in totals.items()},
-        budget_use=budget_use(totals, part, budget),
+        budget_use=budget_use(totals, cfg.part, cfg.budget),
         parity=parity,
         host_ops=cfg.notes.get("host_ops", []),
         generated_sources=cfg.notes.get("generated_sources", {}),
         continuation=command,
-        notes={"config": S.config_summary(cfg), **{k: v for k, v in cfg.notes.items()
-                                                   if k not in ("host_ops", "generated_sources")}},
+        notes={"config": S.config_summary(cfg), **notes},
     )
-    write_json(out_dir / "finn_result.json", result.to_dict())
-    return result
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,5 +289,5 @@ def budget_use(totals: dict, part, budget: float) -> dict[str, float]:
     for key, attr in _CAPACITY.items():
         cap = getattr(part, attr, None)
         if cap:
-            out[key] = round(float(totals.get(key, 0.0)) / (cap * budget), 4)
+            out[key] = float(totals.get(key, 0.0)) / (cap * budget)
     return out

@@ -12,10 +12,9 @@ Metrics per stage, on float logits:
 - exact:         rel_diff <= EXACT_REL (float rounding only: the integer datapath
                  matches and only the final float scale may round differently).
 
-When a stage is not exact, `first_divergence` names the first node (in graph order)
-whose output differs from the previous good stage's tensor of the same name on the
-worst sample, preferring integer-typed tensors (their values do not change when a
-step moves float scales around).
+When a stage is not exact, `first_divergence` names the first node (in execution
+order) whose integer output on the worst sample matches no tensor of the previous
+good stage (same name first, else by value: steps rename tensors).
 """
 from __future__ import annotations
 
@@ -46,6 +45,9 @@ class StageParity:
     exact: bool
     seconds: float
     first_divergence: Optional[dict] = None
+    executor_check: Optional[float] = None  # max |batched - FINN execute_onnx| / scale on a few samples
+    executor: str = "batched"  # "per-sample" when the batched executor disagreed with FINN
+
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,18 +59,18 @@ def _load(path):
     return ModelWrapper(str(path))
 
 
-def stage_executor(stage: Stage):
+def stage_executor(stage: Stage, reference_mode: bool = False):
     from compilers.finn.execute import Executor
 
     model = _load(stage.model_path)
     if stage.parent_path is None:
-        return Executor(model)
-    return Executor(_load(stage.parent_path), partition=model)
+        return Executor(model, reference_mode=reference_mode)
+    return Executor(_load(stage.parent_path), partition=model, reference_mode=reference_mode)
 
 
-def run_stage(stage: Stage, pixels: np.ndarray, batch: int = 64) -> np.ndarray:
+def run_stage(stage: Stage, pixels: np.ndarray, batch: int = 64, reference_mode: bool = False) -> np.ndarray:
     """Logits of one stage for uint8 pixels [N, C, H, W] (float32 [N, classes])."""
-    ex = stage_executor(stage)
+    ex = stage_executor(stage, reference_mode)
     (name,) = ex.input_names
     out = ex.output_names[0]
     x = pixels.astype(np.float32)
@@ -94,16 +96,25 @@ def compare(logits: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def check_stages(stages: Sequence[Stage], pixels: np.ndarray, reference: np.ndarray, batch: int = 64,
-                 localize: bool = True) -> list[StageParity]:
-    """Parity of every stage; the first divergent node for stages that are not exact."""
+                 localize: bool = True, executor_samples: int = 2) -> list[StageParity]:
+    """Parity of every stage; the first divergent node for stages that are not exact.
+
+    Each stage's batched execution is first compared with FINN's execute_onnx on
+    `executor_samples` samples; if they disagree the stage runs FINN's per-sample code.
+    """
     results: list[StageParity] = []
     last_good: Optional[Stage] = None
     for stage in stages:
         t0 = time.perf_counter()
-        logits = run_stage(stage, pixels, batch=batch)
+        xcheck, mode = None, "batched"
+        if executor_samples:
+            xcheck = check_executor(stage, pixels[:executor_samples])
+            if xcheck > EXACT_REL:
+                mode = "per-sample"
+        logits = run_stage(stage, pixels, batch=batch, reference_mode=mode == "per-sample")
         m = compare(logits, reference)
         res = StageParity(stage.name, len(pixels), m["argmax_agreement"], m["max_abs_diff"], m["rel_diff"],
-                          m["exact"], 0.0)
+                          m["exact"], 0.0, None, xcheck, mode)
         if not m["exact"] and localize:
             res.first_divergence = first_divergence(stage, last_good, pixels[m["worst_sample"] : m["worst_sample"] + 1])
             res.first_divergence["sample"] = m["worst_sample"]
@@ -114,51 +125,131 @@ def check_stages(stages: Sequence[Stage], pixels: np.ndarray, reference: np.ndar
     return results
 
 
-def full_context(stage: Stage, sample: np.ndarray) -> tuple[dict, list, dict]:
-    """All tensors of one stage on one sample, its nodes in execution order, tensor dtypes."""
+def full_context(stage: Stage, sample: np.ndarray) -> tuple[dict, list, dict, set]:
+    """All tensors of one stage on one sample, its nodes in execution order, dtypes, constants."""
     ex = stage_executor(stage)
     (name,) = ex.input_names
     ctx = ex.run({name: sample.astype(np.float32)}, full=True)
-    nodes, dtypes = [], {}
+    nodes, dtypes, consts = [], {}, set()
     for e in [ex, *ex._children.values()]:
-        for n in e.graph.node:
-            if n.op_type != "StreamingDataflowPartition":
-                nodes.append(n)
+        nodes += [n for n in e.graph.node if n.op_type != "StreamingDataflowPartition"]
         dtypes.update(e._dtypes)
-    return ctx, nodes, dtypes
+        consts.update(e._constants)
+    return ctx, nodes, dtypes, consts
+
+
+# Nodes that only move, copy or pad values: a lowered graph has them where the previous
+# stage has none, so their outputs are not compared.
+_REARRANGE = {
+    "Im2Col", "ConvolutionInputGenerator", "FMPadding", "Pad", "Transpose", "Reshape", "Flatten",
+    "DuplicateStreams", "Identity", "Squeeze", "Unsqueeze", "StreamingDataWidthConverter",
+    "StreamingFIFO", "Shuffle", "InnerShuffle", "OuterShuffle",
+}
 
 
 def first_divergence(stage: Stage, good: Optional[Stage], sample: np.ndarray) -> dict:
-    """The first node of `stage` whose output differs from `good`'s tensor of the same name."""
+    """The first node of `stage` whose output matches no tensor of the previous good stage.
+
+    Integer-typed outputs are compared: by name when the good stage has a tensor of
+    that name, else against every good tensor of the same size. Layout changes
+    (NCHW <-> NHWC) are allowed, and a constant factor when exactly one side is a float
+    tensor (a scale the step folded in or moved out). Float outputs are skipped: steps
+    legitimately move scales through them.
+    """
     if good is None:
         return {"node": None, "compared_with": None,
                 "detail": "the first stage already differs from the reference logits: the QONNX export "
                           "does not compute the reference model (or the reference is not of this model)"}
-    ctx, nodes, dtypes = full_context(stage, sample)
-    ref_ctx, _, ref_dtypes = full_context(good, sample)
-    float_hit = None
+    ctx, nodes, dtypes, consts = full_context(stage, sample)
+    gctx, _, gdtypes, gconsts = full_context(good, sample)
+    pool = {t: np.asarray(v, dtype=np.float64) for t, v in gctx.items()
+            if t and v is not None and t not in gconsts and np.size(v) > 0}
+    by_size: dict[int, list[str]] = {}
+    for t, v in pool.items():
+        by_size.setdefault(v.size, []).append(t)
     for node in nodes:
+        if node.op_type in _REARRANGE:
+            continue
         for t in node.output:
-            if t not in ref_ctx or t not in ctx or ref_ctx[t] is None or ctx[t] is None:
+            if not t or t not in ctx or not _is_int(dtypes.get(t)):
                 continue
-            a, b = np.asarray(ctx[t]), np.asarray(ref_ctx[t])
-            if a.shape != b.shape:
+            a = np.asarray(ctx[t], dtype=np.float64)
+            if t in pool:
+                cands = [t]
+            else:
+                cands = by_size.get(a.size, [])
+            if any(_matches(a, pool[c], scale_ok=not _is_int(gdtypes.get(c))) for c in cands):
                 continue
-            d = float(np.max(np.abs(a - b))) if a.size else 0.0
-            scale = float(np.max(np.abs(b))) if b.size else 0.0
-            if d <= EXACT_REL * max(1.0, scale):
+            hit = {"node": node.name or f"<unnamed {node.op_type}>", "op_type": node.op_type, "tensor": t,
+                   "compared_with": good.name}
+            if t in pool and pool[t].shape == a.shape:
+                hit["max_abs_diff"] = float(np.max(np.abs(a - pool[t])))
+                hit["elements_differing"] = int(np.count_nonzero(a != pool[t]))
+                hit["detail"] = f"differs from {good.name}'s tensor of the same name"
+            else:
+                hit["detail"] = f"no tensor of {good.name} has these values"
+            return hit
+    return _scale_divergence(stage, good, ctx, gctx, nodes, pool, by_size)
+
+
+def _scale_divergence(stage, good, ctx, gctx, nodes, pool, by_size) -> dict:
+    """All integer tensors match: find the first node whose output is off by the same
+    constant factor as the stage's output (a scale lost, doubled or mis-absorbed)."""
+    out_name = stage_executor(stage).output_names[0]
+    good_out = np.asarray(gctx[stage_executor(good).output_names[0]], dtype=np.float64)
+    out = np.asarray(ctx[out_name], dtype=np.float64)
+    factor = _fit(out, good_out)
+    base = {"node": None, "compared_with": good.name}
+    if factor is None or abs(factor - 1.0) < 1e-6:
+        return dict(base, detail="every integer tensor matches the previous good stage; the difference "
+                                 "arises in the float nodes around them")
+    for node in nodes:
+        if node.op_type in _REARRANGE:
+            continue
+        for t in node.output:
+            if not t or t not in ctx:
                 continue
-            hit = {"node": node.name, "op_type": node.op_type, "tensor": t, "max_abs_diff": d,
-                   "tensor_scale": scale, "compared_with": good.name}
-            integer = _is_int(dtypes.get(t)) and _is_int(ref_dtypes.get(t))
-            if integer:
-                return hit
-            if float_hit is None:
-                float_hit = dict(hit, detail="float tensor: may differ only by a scale the step moved")
-    if float_hit is not None:
-        return float_hit
-    return {"node": None, "compared_with": good.name,
-            "detail": "no tensor shared by name with the previous good stage differs; only the output does"}
+            a = np.asarray(ctx[t], dtype=np.float64)
+            cands = [t] if t in pool else by_size.get(a.size, [])
+            if any(_matches(a, pool[c], scale_ok=False) for c in cands):
+                continue
+            if any(_matches(a, pool[c] * factor, scale_ok=False) for c in cands):
+                return dict(base, node=node.name or f"<unnamed {node.op_type}>", op_type=node.op_type, tensor=t,
+                            factor=factor, detail=f"output is {factor:g} x the matching tensor of {good.name}, "
+                                                  "as are the logits: this node introduces the scale error")
+    return dict(base, factor=factor, detail=f"the logits are {factor:g} x those of {good.name}: a scale factor "
+                                            "was lost or doubled in the float nodes")
+
+
+def _fit(a: np.ndarray, b: np.ndarray) -> Optional[float]:
+    """c with a == c * b (to tolerance), or None."""
+    den = float(np.sum(b * b))
+    if a.shape != b.shape or den == 0.0:
+        return None
+    c = float(np.sum(a * b)) / den
+    return c if np.max(np.abs(a - c * b)) <= EXACT_REL * max(1.0, float(np.max(np.abs(a)))) else None
+
+
+def _views(b: np.ndarray, shape) -> list[np.ndarray]:
+    views = [b]
+    if b.ndim == 4:
+        views += [b.transpose(0, 2, 3, 1), b.transpose(0, 3, 1, 2)]
+    return [v.reshape(shape) for v in views if v.size == int(np.prod(shape))]
+
+
+def _matches(a: np.ndarray, b: np.ndarray, scale_ok: bool) -> bool:
+    tol = EXACT_REL * max(1.0, float(np.max(np.abs(a))))
+    for v in _views(b, a.shape):
+        if scale_ok:
+            den = float(np.sum(v * v))
+            if den == 0.0:
+                if not np.any(a):
+                    return True
+                continue
+            v = v * (float(np.sum(a * v)) / den)
+        if np.max(np.abs(a - v)) <= tol:
+            return True
+    return False
 
 
 def _is_int(dtype) -> bool:

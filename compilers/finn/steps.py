@@ -4,6 +4,8 @@ FINN's own builder steps (finn.builder.build_dataflow_steps) are reused where th
 work as they are. Our own steps replace them where something had to change:
 
 - preprocess:                 FINN takes raw uint8 pixels; prepend Mul(1/255), input UINT8.
+- fix_avgpool_trunc:          FINN converts a widening Trunc (TruncTo8bit after a small
+                              pool) into a pool 2^k too small; rewrite it exactly first.
 - streamline:                 StreamlinePlus (finn-plus's ResNet step) when the graph has
                               forks or joins, else FINN's default.
 - convert_to_hw:              RoundAndClipThresholds right after the conversion: finn-plus
@@ -65,7 +67,7 @@ class FlowConfig:
     """Everything the steps read. `finn` is the DataflowBuildConfig FINN's own steps take."""
 
     out_dir: Path
-    part: Any  # targets.fpga_parts.Part (uses .name, .board, .fpga_part)
+    part: Any  # targets.fpga_parts.Part (uses .fpga_part, .finn_board, .finn_shell_flow, capacities)
     clock_mhz: float
     target_fps: float
     budget: float
@@ -101,7 +103,7 @@ def dataflow_build_config(cfg: FlowConfig, **overrides):
     """FINN's DataflowBuildConfig for this design (what FINN's steps and build_dataflow read)."""
     from finn.builder.build_dataflow_config import DataflowBuildConfig, DataflowOutputType, ShellFlowType
 
-    board = getattr(cfg.part, "board", None)
+    board = getattr(cfg.part, "finn_board", None) or getattr(cfg.part, "board", None)
     fields = dict(
         output_dir=str(cfg.out_dir),
         synth_clk_period_ns=1000.0 / cfg.clock_mhz,
@@ -119,12 +121,13 @@ def dataflow_build_config(cfg: FlowConfig, **overrides):
 
 def shell_flow_type(part) -> str:
     """'vivado_zynq' for Zynq/Kria boards, 'vitis_alveo' for Alveo cards."""
-    explicit = getattr(part, "shell_flow_type", None)
+    explicit = getattr(part, "finn_shell_flow", None)  # targets.fpga_parts.Part
     if explicit:
         return str(explicit)
     from finn.util.basic import alveo_part_map
 
-    return "vitis_alveo" if getattr(part, "board", None) in alveo_part_map else "vivado_zynq"
+    board = getattr(part, "finn_board", None) or getattr(part, "board", None)
+    return "vitis_alveo" if board in alveo_part_map else "vivado_zynq"
 
 
 # ---------------------------------------------------------------------------------------
@@ -135,9 +138,12 @@ def preprocess(model, cfg: FlowConfig):
     """Feed raw uint8 pixels: new input `pixels` (UINT8) -> Mul(1/255) -> the QONNX input."""
     from onnx import TensorProto, helper
     from qonnx.core.datatype import DataType
+    from qonnx.transformation.general import RemoveStaticGraphInputs
 
     from quant.preprocess import PIXEL_SCALE
 
+    # exporters list initializers as graph inputs too; FINN expects only the image input
+    model = model.transform(RemoveStaticGraphInputs())
     g = model.graph
     old = g.input[0]
     shape = [d.dim_value for d in old.type.tensor_type.shape.dim]
@@ -148,6 +154,38 @@ def preprocess(model, cfg: FlowConfig):
     g.node.insert(0, helper.make_node("Mul", ["pixels", "pixel_scale"], [old.name], name="Preprocess_Mul"))
     model.set_initializer("pixel_scale", np.asarray(PIXEL_SCALE, dtype=np.float32))
     model.set_tensor_datatype("pixels", DataType["UINT8"])
+    return model
+
+
+def fix_avgpool_trunc(model, cfg: FlowConfig):
+    """Rewrite a Trunc that widens (output bits > input bits) into the equivalent exact Trunc.
+
+    TruncAvgPool2d(trunc_quant=TruncTo8bit) over a small window (4-bit inputs, 2x2 pool:
+    a 6-bit sum) exports a Trunc whose output is 8 bits: no bit is dropped, the value is
+    the sum times the input scale. FINN's AvgPool+Trunc conversion turns it into a
+    QuantAvgPool2d with a right shift of max(0, 6 - 8) = 0 followed by the 8-bit output
+    scale, which is 4x too small. With output bits = input bits and output scale = input
+    scale, qonnx computes the same values and FINN's conversion is correct.
+    """
+    fixed = []
+    for node in model.get_nodes_by_op_type("Trunc"):
+        if len(node.input) != 6:  # Trunc v1 has no output scale
+            continue
+        vals = [model.get_initializer(i) for i in node.input[1:6]]
+        if any(v is None for v in vals):
+            continue
+        scale, _, in_bits, out_scale, out_bits = (np.asarray(v, dtype=np.float64) for v in vals)
+        if in_bits.size != 1 or out_bits.size != 1 or float(out_bits) <= float(in_bits):
+            continue
+        factor = out_scale / scale
+        if not np.allclose(factor, 2.0 ** (float(in_bits) - float(out_bits))):
+            continue
+        for slot, source in ((4, 1), (5, 3)):  # new tensors: initializers may be shared
+            name = model.make_new_valueinfo_name()
+            model.set_initializer(name, np.asarray(model.get_initializer(node.input[source]), dtype=np.float32).copy())
+            node.input[slot] = name
+        fixed.append(node.name)
+    cfg.notes["widening_truncs_fixed"] = fixed
     return model
 
 

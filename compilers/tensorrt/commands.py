@@ -18,6 +18,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from compilers.tensorrt.qdq_export import input_spec
 from compilers.tensorrt.qdq_layout import load_model
 from qdeploy import atomic
@@ -25,6 +27,7 @@ from qdeploy.errors import UserError
 
 SCRIPT_NAME = "trt_build.sh"
 README_NAME = "TENSORRT.md"
+ATOL_FRACTION = 0.03
 
 
 @dataclass
@@ -42,13 +45,16 @@ def write_trt_commands(
     timing_cache: str = "timing.cache",
     batches: tuple[int, int, int] = (1, 16, 16),
     strongly_typed: bool = True,
-    atol: float = 0.05,
-    rtol: float = 0.05,
+    atol: float | None = None,
 ) -> TrtCommands:
     """Write trt_build.sh and TENSORRT.md beside `onnx_path`; return the commands.
 
     batches: (min, opt, max) of the optimisation profile for a dynamic-batch ONNX; an
     ONNX with a fixed batch gets that batch only.
+    atol: polygraphy fails if the largest |TensorRT - onnxruntime| logit difference exceeds
+    it. Default: ATOL_FRACTION of the largest |logit| onnxruntime gives on 16 random
+    inputs (two INT8 implementations round requantization differently; onnxruntime vs the
+    NNCF torch model differed by 1.7% of the logit range on ResNet-8).
     """
     onnx_path = Path(onnx_path)
     model, _ = load_model(onnx_path)
@@ -58,6 +64,8 @@ def write_trt_commands(
     lo, opt, hi = (fixed,) * 3 if fixed else batches
     if not 1 <= lo <= opt <= hi:
         raise UserError(f"batches must be 1 <= min <= opt <= max, got {batches}")
+    if atol is None:
+        atol = ATOL_FRACTION * _logit_scale(onnx_path, name, chw, fixed)
     dims = lambda n: "x".join(str(d) for d in (n, *chw))  # noqa: E731
     brackets = lambda n: f"{name}:[{','.join(str(d) for d in (n, *chw))}]"  # noqa: E731
     model_file = onnx_path.name
@@ -71,7 +79,7 @@ def write_trt_commands(
     compare += ["--strongly-typed"] if strongly_typed else ["--int8", "--fp16"]
     compare += ["--trt-min-shapes", brackets(lo), "--trt-opt-shapes", brackets(opt), "--trt-max-shapes", brackets(hi)]
     compare += ["--input-shapes", brackets(opt), "--val-range", f"{name}:[0,1]", "--data-loader-seed", "0"]
-    compare += ["--atol", f"{atol:g}", "--rtol", f"{rtol:g}", "--check-error-stat", "max"]
+    compare += ["--atol", f"{atol:.3g}", "--rtol", "0", "--check-error-stat", "max"]
 
     script = onnx_path.parent / SCRIPT_NAME
     atomic.write_text(script, _script(build, bench, compare))
@@ -81,8 +89,25 @@ def write_trt_commands(
     return TrtCommands(script=script, readme=readme, build=build, bench=bench, compare=compare)
 
 
+def _logit_scale(onnx_path: Path, name: str, chw: tuple[int, ...], batch: int | None) -> float:
+    """The largest |logit| onnxruntime gives on 16 seeded random inputs in [0, 1]."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((batch or 16, *chw), dtype=np.float32)
+    return float(np.abs(session.run(None, {name: x})[0]).max()) or 1.0
+
+
 def _sh(argv: list[str]) -> str:
-    return " \\\n    ".join(shlex.quote(a) for a in argv)
+    """Shell-quoted, one option (with its values) per continuation line."""
+    lines: list[list[str]] = [[]]
+    for arg in argv:
+        if arg.startswith("--"):
+            lines.append([])
+        lines[-1].append(shlex.quote(arg))
+    return " \\\n    ".join(" ".join(line) for line in lines if line)
 
 
 def _script(build, bench, compare) -> str:
@@ -116,9 +141,12 @@ def _readme(model_file, build, bench, compare, strongly_typed, profile) -> str:
         [
             "# TensorRT INT8 engine",
             "",
-            f"`{model_file}` is explicitly quantized (QDQ: INT8, symmetric, per-channel weights, per-tensor",
-            f"activations). It builds {mode}. Optimisation profile: batch {profile[0]}..{profile[2]}, tuned",
-            f"for {profile[1]}. `{SCRIPT_NAME}` runs all of the below from this folder.",
+            f"`{model_file}` is explicitly quantized (QDQ: INT8, symmetric, per-channel weights,",
+            "per-tensor activations).",
+            f"Built {mode}.",
+            f"Optimisation profile: batch {profile[0]}..{profile[2]}, tuned for {profile[1]}.",
+            f"`{SCRIPT_NAME}` runs all of the below from this folder; an engine only runs with the",
+            "TensorRT version and GPU model that built it.",
             "",
             "Build (the timing cache makes rebuilds on the same GPU fast):",
             "",
@@ -127,7 +155,10 @@ def _readme(model_file, build, bench, compare, strongly_typed, profile) -> str:
             "Throughput of the saved engine:",
             "",
             *(fence(b) + "\n" for b in bench),
-            "TensorRT vs onnxruntime on the same random inputs in [0, 1] (the model's input range):",
+            "TensorRT vs onnxruntime on the same random inputs in [0, 1] (the model's input range).",
+            f"It fails if the largest logit difference exceeds --atol ({ATOL_FRACTION:.0%} of the largest |logit|):",
+            "both run INT8 kernels that round requantization slightly differently, which moves a few",
+            "logits by about one quantization step.",
             "",
             fence(compare),
             "",

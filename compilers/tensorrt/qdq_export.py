@@ -1,7 +1,7 @@
 """Finalize an exported QDQ ONNX into the explicit-quantization form TensorRT builds from.
 
 Input: torch.onnx.export(dynamo=False) of a stripped NNCF model (or a Brevitas QCDQ
-export). Passes, in order, each leaving the model's function unchanged:
+export). Passes, in order, each meant to leave the model's function unchanged:
 
 1. inline Identity / Constant nodes (onnxoptimizer), name unnamed nodes;
 2. fold each weight QuantizeLinear of a float constant into an INT8 initializer read by
@@ -84,9 +84,9 @@ def finalize_qdq(
         raise UserError(f"{label}: opset {opset} is too old for per-channel Q/DQ; export with opset_version >= {MIN_OPSET}")
     report = FinalizeReport(source=str(onnx_in), output=str(onnx_out), batch="dynamic" if batch is None else batch)
 
+    _name_nodes(original)  # renaming changes nothing it computes (and onnxruntime needs unique names)
     model = onnx.ModelProto()
     model.CopyFrom(original)
-    _name_nodes(model)
     _drop_initializer_inputs(model)
     model = onnxoptimizer.optimize(model, ["eliminate_identity", "extract_constant_to_initializer"])
     report.weights_folded, report.weight_clips_folded = _fold_weight_quantize(model)
@@ -101,7 +101,12 @@ def finalize_qdq(
 
     x = check_inputs if check_inputs is not None else _default_inputs(original, seed)
     before = _run_ort(original, x)
-    after = _run_ort(model, x, label=f"{onnx_out} (batch {report.batch})")
+    try:
+        after = _run_ort(model, x, label=f"{label} finalized")
+    except RuntimeError as e:
+        if batch is not None:
+            raise
+        raise UserError(f"{e}: with a dynamic batch; export with a dynamic batch axis, or pass batch=N") from None
     report.parity_inputs = len(x)
     report.max_abs_diff = float(np.max(np.abs(before - after)))
     report.argmax_agreement = float(np.mean(before.argmax(1) == after.argmax(1)))
@@ -115,14 +120,15 @@ def finalize_qdq(
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:
-    taken = {n.name for n in model.graph.node if n.name}
+    """Give every node a unique name: messages name nodes, and passes find them by name."""
+    taken: set[str] = set()
     for i, node in enumerate(model.graph.node):
-        if not node.name:
-            name = f"{node.op_type}_{i}"
+        if not node.name or node.name in taken:
+            name = node.name or f"{node.op_type}_{i}"
             while name in taken:
                 name += "_"
             node.name = name
-            taken.add(name)
+        taken.add(node.name)
 
 
 def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
@@ -276,7 +282,7 @@ def _fold_one_bn(model, g: GraphIndex, conv, bn) -> str | None:
     k = gamma / np.sqrt(var + attr(bn, "epsilon", 1e-5))
     w_name = conv.input[1]
     dq = g.producer.get(w_name)
-    if dq is not None and dq.op_type == "DequantizeLinear" and g.is_const(dq.input[0]) and dq.input[0] in g.inits:
+    if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in g.inits:
         reason = _scale_dq_weight(model, g, dq, k)
         if reason:
             return reason

@@ -219,14 +219,14 @@ def _segments_profile(
     return prof, core
 
 
-def _contrast(rng: np.random.Generator, difficulty: float, scale: float = 1.0) -> float:
-    """Defect amplitude in texture-std units: log-uniform between a floor and a ceiling."""
-    lo = 4.0 - 3.2 * difficulty
-    hi = 10.0 - 5.0 * difficulty
-    return scale * _loguniform(rng, lo, hi)
+def _contrast(rng: np.random.Generator, difficulty: float, unit: float, scale: float = 1.0) -> float:
+    """Defect amplitude: log-uniform between a floor and a ceiling, in clutter units."""
+    lo = 6.0 ** (1.0 - difficulty) * 0.8**difficulty
+    hi = 40.0 ** (1.0 - difficulty) * 8.0**difficulty
+    return unit * scale * _loguniform(rng, lo, hi)
 
 
-def _scratch(rng, h, w, t, difficulty):
+def _scratch(rng, h, w, t, difficulty, unit):
     m = min(h, w)
     length = rng.uniform(0.3, 1.0) * np.hypot(h, w) * (1.0 - 0.4 * difficulty * rng.random())
     mid_pt = np.array([rng.uniform(0.1, 0.9) * (h - 1), rng.uniform(0.1, 0.9) * (w - 1)])
@@ -247,15 +247,15 @@ def _scratch(rng, h, w, t, difficulty):
     if not core.any():  # only the faded tips inside: mark the strongest pixel
         core[np.unravel_index(int(np.argmax(prof)), prof.shape)] = True
     sign = 1.0 if rng.random() < 0.6 else -1.0
-    return t + sign * _contrast(rng, difficulty) * prof, core
+    return t + sign * _contrast(rng, difficulty, unit) * prof, core
 
 
-def _pit(rng, h, w, t, difficulty):
+def _pit(rng, h, w, t, difficulty, unit):
     yy, xx = _grid(h, w)
     n = 1 if rng.random() < 0.6 else int(rng.integers(2, 5))
     centre = np.array([rng.uniform(1, h - 2), rng.uniform(1, w - 2)])
     spread = rng.uniform(2, 10)
-    amp = _contrast(rng, difficulty)
+    amp = _contrast(rng, difficulty, unit)
     dark = rng.random() < 0.7
     out = t.copy()
     mask = np.zeros((h, w), dtype=bool)
@@ -278,7 +278,7 @@ def _pit(rng, h, w, t, difficulty):
     return out, mask
 
 
-def _crack(rng, h, w, t, difficulty):
+def _crack(rng, h, w, t, difficulty, unit):
     m = min(h, w)
     length = rng.uniform(0.25, 0.75) * m * (1.0 - 0.3 * difficulty * rng.random()) + 4
     step = rng.uniform(1.2, 2.5)
@@ -305,10 +305,10 @@ def _crack(rng, h, w, t, difficulty):
         prof, core = _segments_profile(h, w, np.array(bp), bw, np.full(bn, 0.8))
         all_prof = np.maximum(all_prof, prof)
         all_core |= core
-    return t - _contrast(rng, difficulty) * all_prof, all_core
+    return t - _contrast(rng, difficulty, unit) * all_prof, all_core
 
 
-def _inclusion(rng, h, w, t, difficulty):
+def _inclusion(rng, h, w, t, difficulty, unit):
     yy, xx = _grid(h, w)
     m = min(h, w)
     r = _loguniform(rng, 1.5, max(2.0, (0.22 - 0.08 * difficulty) * m))
@@ -324,7 +324,7 @@ def _inclusion(rng, h, w, t, difficulty):
     if not (soft > 0.5).any():
         soft[int(round(cy)), int(round(cx))] = 1.0
     grain = _shaped(rng, (h, w), _gauss_filt(h, w, rng.uniform(0.5, 1.5)))
-    amp = _contrast(rng, difficulty, scale=0.6)
+    amp = _contrast(rng, difficulty, unit, scale=0.6)
     inside = t * rng.uniform(0.2, 1.0) + (amp if rng.random() < 0.5 else -amp) + rng.uniform(0.2, 0.8) * grain
     return t * (1 - soft) + inside * soft, soft > 0.5
 
@@ -347,23 +347,30 @@ def _render(index: int, size: tuple[int, int], seed: int, kind: str, difficulty:
     r_bg, r_def, r_noise = _streams(index, seed)
     texture = TEXTURES[int(r_bg.integers(len(TEXTURES)))]
     t = _TEXTURE_FNS[texture](r_bg, h, w)
-    if kind == "ok":
-        mask = np.zeros((h, w), dtype=bool)
-    else:
-        t, mask = _DEFECT_FNS[kind](r_def, h, w, t, difficulty)
-
     yy, xx = _grid(h, w)
     ny, nx = 2 * yy / max(h - 1, 1) - 1, 2 * xx / max(w - 1, 1) - 1
     illum = 1.0 + r_bg.uniform(-0.15, 0.15) * nx + r_bg.uniform(-0.15, 0.15) * ny
     cy, cx = r_bg.uniform(-0.5, 0.5, 2)
     illum = illum - r_bg.uniform(0.0, 0.3) * ((nx - cx) ** 2 + (ny - cy) ** 2) / 2
-    level = r_bg.uniform(70, 170)
-    contrast = r_bg.uniform(7, 20)
-    img = (level + contrast * t) * illum
-    img = ndimage.gaussian_filter(img, r_bg.uniform(0.3, 0.8), mode="reflect", truncate=3.0)
+    level = r_bg.uniform(80, 170)
+    contrast = r_bg.uniform(6, 16)
+    blur = r_bg.uniform(0.3, 0.8)
     read = r_noise.uniform(1.0, 3.0)
     shot = r_noise.uniform(0.0, 0.25)
     z = r_noise.standard_normal((h, w))
+
+    if kind == "ok":
+        mask = np.zeros((h, w), dtype=bool)
+    else:
+        # Defect contrast is measured against what hides it: the fine texture (high-pass
+        # std) plus sensor noise, both in texture units, so a given amplitude is about
+        # equally visible on every surface.
+        fine = (t - ndimage.gaussian_filter(t, 2.0, mode="wrap")).std()
+        unit = float(np.sqrt(fine**2 + (read**2 + shot * level) / contrast**2))
+        t, mask = _DEFECT_FNS[kind](r_def, h, w, t, difficulty, unit)
+
+    img = (level + contrast * t) * illum
+    img = ndimage.gaussian_filter(img, blur, mode="reflect", truncate=3.0)
     img = img + z * np.sqrt(read**2 + shot * np.maximum(img, 0))
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), (mask.astype(np.uint8) * 255), texture
 

@@ -1,0 +1,167 @@
+"""compilers.finn.flow: a small residual net through the whole offline FINN flow.
+
+One build (module fixture) is shared: every stage bit-exact on all samples, the
+artifacts in FINN's formats, generated HLS/RTL sources, the "next steps" without
+Vivado, and a perturbed threshold caught at the right node.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_finn_models import exported, images, logits
+
+from compilers.finn import STEPS, lower
+from compilers.finn.continuation import VIVADO_STEPS, remaining_steps_resolvable, run_continuation
+from compilers.finn.parity import Stage, check_stages, full_context
+from qdeploy.errors import UserError
+from targets.fpga_parts import get_part
+
+SIZE, N = 16, 64
+STEP_NAMES = [s.__name__ for s in STEPS]
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    path, model = exported("ResidualNet", size=SIZE)
+    pixels = images(N, SIZE, seed=3)
+    reference = logits(model, pixels)
+    messages: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("XILINX_VIVADO", raising=False)
+        result = lower(path, tmp_path_factory.mktemp("finn_residual"), get_part("zcu104"), clock_mhz=200,
+                       target_fps=2000, budget=0.7, samples_uint8=pixels, reference_logits=reference,
+                       log=messages.append)
+    return result, pixels, reference, messages
+
+
+def test_every_stage_is_bit_exact_on_all_samples(build):
+    result, pixels, _, _ = build
+    assert [p.stage for p in result.parity] == STEP_NAMES
+    for p in result.parity:
+        assert p.n == N
+        assert p.exact and p.argmax_agreement == 1.0, p
+        assert p.rel_diff < 1e-6  # float rounding of the final scale only
+        assert p.executor == "batched" and p.executor_check <= 1e-6  # batched == FINN's execute_onnx
+    assert result.bit_exact
+    assert result.notes["streamline"] == "plus"  # forks and joins: finn-plus StreamlinePlus
+
+
+def test_stage_models_times_and_reports(build):
+    result, *_ = build
+    out = result.out_dir
+    for name in STEP_NAMES:
+        assert (out / "intermediate_models" / f"{name}.onnx").is_file()
+    assert list(json.loads((out / "time_per_step.json").read_text())) == STEP_NAMES
+    report = out / "report"
+    perf = json.loads((report / "estimate_network_performance.json").read_text())
+    assert {"critical_path_cycles", "max_cycles", "max_cycles_node_name", "estimated_throughput_fps",
+            "estimated_latency_ns"} <= set(perf)
+    assert perf["estimated_throughput_fps"] == pytest.approx(200e6 / perf["max_cycles"])
+    assert result.est_fps == pytest.approx(perf["estimated_throughput_fps"]) and result.est_fps >= 2000
+    resources = json.loads((report / "estimate_layer_resources.json").read_text())
+    assert resources["total"]["LUT"] == result.resources["LUT"] > 0
+    cycles = json.loads((report / "estimate_layer_cycles.json").read_text())
+    assert max(cycles.values()) == perf["max_cycles"]
+    folding = json.loads((report / "folding_config.json").read_text())
+    mvaus = [k for k in folding if k.startswith("MVAU")]
+    assert mvaus and all(folding[k]["PE"] >= 1 and folding[k]["SIMD"] >= 1 for k in mvaus)
+    assert result.budget_use["LUT"] == pytest.approx(result.resources["LUT"] / (230_400 * 0.7), rel=1e-3)
+    saved = json.loads((out / "finn_result.json").read_text())
+    assert saved["bit_exact"] is True and saved["stages"] == STEP_NAMES
+
+
+def test_generated_sources_are_present(build):
+    result, *_ = build
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    final = ModelWrapper(str(result.final_model))
+    kinds = {n.op_type for n in final.graph.node}
+    assert {"MVAU_hls", "DuplicateStreams_hls", "ElementwiseAdd_hls", "ConvolutionInputGenerator_rtl"} <= kinds
+    for node in final.graph.node:
+        code_dir = Path(getCustomOp(node).get_nodeattr("code_gen_dir_ipgen"))
+        assert code_dir.is_dir() and result.out_dir / "finn_tmp" in code_dir.parents
+        suffixes = {p.suffix for p in code_dir.rglob("*") if p.is_file()}
+        if node.op_type.endswith("_hls"):
+            assert ".cpp" in suffixes and ".tcl" in suffixes, (node.name, suffixes)
+        else:
+            assert suffixes & {".v", ".sv"}, (node.name, suffixes)
+        assert result.generated_sources[node.name]
+
+
+def test_without_vivado_the_next_steps_are_spelled_out(build):
+    result, _, _, messages = build
+    text = "\n".join(messages)
+    assert "XILINX_VIVADO is not set" in text
+    assert result.continuation and " build " in result.continuation
+    next_steps = (result.out_dir / "NEXT_STEPS.txt").read_text()
+    positions = [next_steps.index(s) for s in VIVADO_STEPS]
+    assert positions == sorted(positions)  # listed in order
+    assert result.continuation in next_steps and str(result.out_dir / "finn_build_config.json") in next_steps
+    assert str(result.final_model) in result.continuation
+
+
+def test_build_config_continues_the_same_design(build):
+    """finn_build_config.json is a valid FINN DataflowBuildConfig for the remaining steps."""
+    from finn.builder.build_dataflow_config import DataflowBuildConfig
+
+    result, *_ = build
+    cfg = DataflowBuildConfig.construct_from(result.out_dir / "finn_build_config.json")
+    assert cfg.steps == list(VIVADO_STEPS) and remaining_steps_resolvable(cfg.steps) == []
+    assert cfg.fpga_part == "xczu7ev-ffvc1156-2-e" and cfg.board == "ZCU104"
+    assert cfg.synth_clk_period_ns == pytest.approx(5.0) and cfg.shell_flow_type.value == "vivado_zynq"
+    assert {o.value for o in cfg.generate_outputs} >= {"bitfile", "deployment_package", "pynq_driver"}
+
+
+def test_with_vivado_the_continuation_runs_finn_build(build, tmp_path):
+    from compilers.finn.continuation import Continuation
+
+    result, *_ = build
+    calls = []
+
+    class Done:
+        returncode = 0
+
+    cont = Continuation(result.out_dir / "finn_build_config.json", result.final_model, tmp_path / "vivado",
+                        result.continuation.split(), VIVADO_STEPS)
+    run_continuation(cont, {"FINN_RTLLIB": "/x"}, runner=lambda cmd, **kw: calls.append((cmd, kw)) or Done())
+    (cmd, kw), = calls
+    assert cmd[1] == "build" and kw["env"]["FINN_RTLLIB"] == "/x"
+
+    class Failed:
+        returncode = 1
+
+    with pytest.raises(UserError, match="Vivado steps failed"):
+        run_continuation(cont, {}, runner=lambda cmd, **kw: Failed())
+
+
+def test_perturbed_threshold_is_caught_at_its_node(build, tmp_path):
+    """Raise one threshold of one layer in a stage model: parity fails and names that layer."""
+    result, pixels, reference, _ = build
+    inter = result.out_dir / "intermediate_models"
+    parent = inter / "dataflow_parent.onnx"
+    good = Stage("folding", inter / "folding.onnx", parent)
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    model = ModelWrapper(str(inter / "minimize_bit_width.onnx"))
+    node = [n for n in model.graph.node if n.op_type.startswith("MVAU") and len(n.input) == 3][1]
+    thresholds = model.get_initializer(node.input[2]).copy()
+    # the channel most often above its lowest threshold on the samples: its output drops by one there
+    ctx, *_ = full_context(good, pixels[:8])
+    out = np.asarray(ctx[node.output[0]]).reshape(-1, thresholds.shape[0])
+    channel = int((out > 0).sum(axis=0).argmax())
+    thresholds[channel, 0] += 10_000
+    model.set_initializer(node.input[2], thresholds)
+    bad_path = tmp_path / "perturbed.onnx"
+    model.save(str(bad_path))
+
+    res = check_stages([good, Stage("perturbed", bad_path, parent)], pixels, reference)
+    assert res[0].exact
+    bad = res[1]
+    assert not bad.exact
+    div = bad.first_divergence
+    assert div["node"] == node.name and div["tensor"] == node.output[0] and div["compared_with"] == "folding"
+    assert div["max_abs_diff"] == 1.0  # one quantization level
