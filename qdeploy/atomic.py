@@ -5,6 +5,7 @@ An interrupted write leaves the previous good file (or none), never half a file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -21,7 +22,14 @@ def _check_writable_dir(directory: Path) -> None:
     except OSError as e:
         raise UserError(f"cannot create output directory {directory}: {e.strerror}") from None
     if not os.access(directory, os.W_OK):
-        raise UserError(f"output directory {directory} is not writable: choose another --out or fix its permissions")
+        raise UserError(f"output directory {directory} is not writable: choose another --build-dir or fix its permissions")
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _no_space(target: Path) -> UserError:
+    return UserError(f"no space left writing {target}: free disk space or choose another output directory")
 
 
 def _umask() -> int:
@@ -39,7 +47,12 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(target)
     _check_writable_dir(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix + ".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix or target.suffix + ".tmp", dir=target.parent)
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise _no_space(target) from None
+        raise
     os.close(fd)
     tmp = Path(tmp)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files owner-only; artifacts are ordinary files
@@ -48,8 +61,8 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp, target)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.errno in (28, 122):  # ENOSPC, EDQUOT
-            raise UserError(f"no space left writing {target}: free disk space or choose another output directory") from None
+        if e.errno in _NO_SPACE:
+            raise _no_space(target) from None
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -61,7 +74,12 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces `target` as a whole."""
     target = Path(target)
     _check_writable_dir(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise _no_space(target) from None
+        raise
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
@@ -70,9 +88,19 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old is not None:  # put the previous good directory back
+                os.replace(old, target)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in _NO_SPACE:
+            raise _no_space(target) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,6 +12,7 @@ User mistakes print one line and exit non-zero; nothing half-written is left beh
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 from qdeploy.errors import UserError
 
 TARGETS = ("fpga", "npu", "gpu")
+_MACHINE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -95,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qdeploy: interrupted; finished stages are kept, rerun to resume", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine, not a bug: no permission, read-only or full disk
+        if e.errno not in _MACHINE_ERRNOS:
+            raise
+        hint = ("free disk space or choose another --build-dir" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "fix its permissions or choose another --build-dir")
+        print(f"qdeploy: error: {e.strerror}: {e.filename or 'output'}: {hint}", file=sys.stderr)
+        return UserError.exit_code
 
 
 if __name__ == "__main__":

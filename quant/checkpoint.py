@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -43,11 +44,15 @@ def load_state(path: str | Path) -> dict:
         raise UserError(f"checkpoint {path} not found: train first (make train)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise UserError(f"{path} is not a weights-only checkpoint (it pickles Python objects); "
-                        "re-save it as a plain state_dict of tensors") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"{path} is not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise UserError(f"{path} is not a weights-only checkpoint: it pickles Python objects ({found.group(1)}), "
+                            "which are never unpickled here; re-save it as a plain state_dict of tensors") from None
+        raise UserError(f"{path} is not a torch checkpoint (unreadable pickle data): retrain, or restore the file") from None
+    except Exception as e:  # whatever torch.load makes of a truncated or foreign file (EOFError, OSError, KeyError, ...)
+        raise UserError(f"{path} is not a readable torch checkpoint ({_first_line(e)}): it may be truncated; "
+                        "retrain, or restore the file") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} is not a state_dict of tensors")
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -56,13 +61,18 @@ def load_state(path: str | Path) -> dict:
     return state
 
 
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 def load_into(model: torch.nn.Module, state: dict, source: str) -> torch.nn.Module:
     # strict loading through the model's own hooks (Brevitas creates some quantizer
     # parameters, e.g. statistics-initialised scales, only when they are loaded)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        detail = " ".join(str(e).split("\n\t")[1:2]).strip() or str(e).splitlines()[0]
+        detail = " ".join(str(e).split("\n\t")[1:2]).strip() or _first_line(e)
         raise UserError(f"{source} does not fit this architecture ({detail[:160]}); "
                         "it was saved for another model, width or class count") from None
     return model.eval()
@@ -74,5 +84,13 @@ def load_checkpoint(stem: str | Path):
 
     stem = Path(stem)
     meta = read_meta(stem)
-    model = create_model(**meta["model"])
+    args = meta.get("model") if isinstance(meta, dict) else None
+    if not isinstance(args, dict) or "name" not in args:
+        raise UserError(f"checkpoint config {stem.with_suffix('.json')} has no \"model\" section (create_model arguments): "
+                        "it was not written by qdeploy; retrain")
+    try:
+        model = create_model(**args)
+    except TypeError as e:
+        raise UserError(f"checkpoint config {stem.with_suffix('.json')}: \"model\" holds arguments create_model "
+                        f"does not take ({e}): retrain") from None
     return load_into(model, load_state(stem.with_suffix(".pt")), str(stem.with_suffix(".pt"))), meta

@@ -58,11 +58,12 @@ def quantize_int8(
     calib_batches: float tensors [N, 1, H, W] (already `to_input`), used as given until
     `subset_size` images. An activation's range is the mean over batches of each whole
     batch's min/max (batchwise_statistics=False). NNCF's per-image alternative (the mean of
-    per-image maxima) clips what only some images have: with half the images carrying a
-    bright defect, it cut the input range to 0.76 (pixels reach 0.9) and shrank the INT8
-    logits by a quarter. So calibrate with batches that mix defects and good parts (the
-    shuffled training split does). The float model is not modified;
-    the result is in eval mode, ready for an ordinary torch training loop (QAT).
+    per-image maxima) clips what only some images have: on the toy test task (half the
+    images carry a bright defect) it cut the input range to 0.76 while pixels reach 0.90,
+    and the INT8 logits came out ~0.72x the float ones (max |d| 0.65 vs 0.025). So calibrate
+    with batches that mix defects and good parts (the shuffled training split does).
+    The float model is not modified; the result is in eval mode, ready for an ordinary
+    torch training loop (QAT).
     """
     import nncf
 

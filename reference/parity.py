@@ -122,7 +122,7 @@ def run_parity(ctx: Context, render_only: bool = False) -> dict:
         report = build_report(ctx)
         write_json(out_dir / "report.json", report)
     paths = render_report(report, out_dir)
-    print_console_summary(report)
+    print_console_summary(report, console=console)
     console.print(f"report: {paths['html']} (also {paths['md'].name}, report.json)")
     _raise_on_failure(report["gates"])
     return report

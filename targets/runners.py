@@ -225,5 +225,8 @@ class OpenVINORunner(Runner):
         return _counted(lambda: self._run_async(chunks), len(pixels) * len(chunks))
 
     def describe(self) -> dict:
-        return {**super().describe(), "batch": self.fixed_batch, "mode": self.mode,
-                "device_choice": self.device_choice.to_dict()}
+        """name, device (where it ran), precision, batch, mode, and the device choice:
+        requested, compiled_for, available, fallback_reason, execution_devices, inference_precision."""
+        choice = self.device_choice.to_dict()
+        choice["compiled_for"] = choice.pop("device")
+        return {**super().describe(), "batch": self.fixed_batch, "mode": self.mode, **choice}

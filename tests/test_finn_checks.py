@@ -31,6 +31,7 @@ def test_lowerable_models_pass(name):
         ("FloatConvNet", "float-weights", "Conv_1", ["QuantConv2d"]),
         ("MaxPoolForkNet", "maxpool-fork", "MaxPool_0", ["layer 'mp'", "stride-2"]),
         ("SoftmaxNet", "softmax", "Softmax_0", ["logits"]),
+        ("PoolAfterMaxPoolNet", "avgpool-after-maxpool", "AveragePool_0", ["layer 'pool'", "QuantReLU"]),
     ],
 )
 def test_unlowerable_model_names_node_and_rule(name, rule, node, words):

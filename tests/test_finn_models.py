@@ -7,7 +7,9 @@ The others each break one FINN rule.
 """
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -187,6 +189,19 @@ class MaxPoolForkNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.block(x)), 1))
 
 
+class PoolAfterMaxPoolNet(nn.Module):
+    """The truncating global pool reads a MaxPool output (FINN cannot infer the Trunc's sign)."""
+
+    def __init__(self, classes=3, size=16):
+        super().__init__()
+        self.body = nn.Sequential(conv(1, 8), nn.BatchNorm2d(8), relu(), nn.MaxPool2d(2))
+        self.pool = gap(size // 2)
+        self.fc = qnn.QuantLinear(8, classes, bias=False, weight_bit_width=BITS)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.body(x)), 1))
+
+
 class SoftmaxNet(PlainCNN):
     def forward(self, x):
         return torch.softmax(super().forward(x), dim=1)
@@ -254,6 +269,7 @@ def logits(model: nn.Module, pixels: np.ndarray) -> np.ndarray:
 
 
 _CACHE = Path(tempfile.mkdtemp(prefix="qdeploy-finn-models-"))
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=None)

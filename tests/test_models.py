@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from qdeploy.errors import UserError
-from quant.models import create_model, list_models, load_float_weights, model_info
+from quant.models import check_fpga, create_model, list_models, load_float_weights, model_info
 from quant.preprocess import to_input
 
 SIZES = [(64, 64), (48, 96)]
@@ -81,17 +81,36 @@ def test_default_width_channels_and_rounding():
         assert all(c % 4 == 0 for c in conv_widths(create_model("effnet_lite", 2, width=width, quantized=False)))
 
 
-@pytest.mark.parametrize("name", FPGA_MODELS)
-@pytest.mark.parametrize("size", SIZES + [(64, 256), (37, 50)])
-def test_global_pool_covers_the_final_feature_map(name, size):
-    model = create_model(name, 2, size, width=0.25)
+@pytest.mark.parametrize("name, size", [("resnet8", (64, 256)), ("resnet8", (37, 50)), ("resnet18", (48, 96)),
+                                        ("effnet_lite", (64, 64)), ("effnet_lite", (64, 256))])
+def test_global_pool_averages_the_whole_final_map_in_finn_arithmetic(name, size):
+    model = create_model(name, 2, size, width=0.25).eval()
     seen = {}
-    model.pool.register_forward_hook(lambda m, i, o: seen.update(inp=i[0].value.shape, out=o.value.shape))
+    model.pool.register_forward_hook(lambda m, i, o: seen.update(inp=i[0], out=o))
     with torch.no_grad():
-        model.eval()(torch.rand(1, 1, *size))
-    assert tuple(seen["inp"][2:]) == model.feature_size
-    assert tuple(model.pool.kernel_size) == model.feature_size == tuple(model.pool.stride)
-    assert tuple(seen["out"][2:]) == (1, 1)
+        model(torch.rand(2, 1, *size))
+    inp, out = seen["inp"], seen["out"]
+    assert tuple(inp.value.shape[2:]) == model.feature_size == tuple(model.pool.kernel_size)
+    assert tuple(out.value.shape[2:]) == (1, 1)
+    # The window sum of unsigned act_bits integers, floor-shifted right to at most 8 bits; no
+    # left shift when the sum is narrower (FINN's QuantAvgPool2d cannot shift left).
+    total = inp.int().sum((2, 3), keepdim=True).long()
+    sum_bits = int((15 * inp.value.shape[2] * inp.value.shape[3] - 1)).bit_length()
+    shift = max(0, sum_bits - 8)
+    assert float(out.bit_width) == min(8, sum_bits)
+    assert torch.equal(out.int().long(), total >> shift)
+    assert torch.allclose(out.scale, inp.scale * 2**shift / (inp.value.shape[2] * inp.value.shape[3]))
+
+
+def test_check_fpga_accepts_square_final_maps_of_quantized_fpga_models():
+    check_fpga(create_model("resnet8", 2, (64, 64), width=0.25))
+    check_fpga(create_model("effnet_lite", 2, (60, 64), width=0.25))  # both sides end at 2
+    with pytest.raises(UserError, match="leaves a 8x32 feature map .* pools only square maps"):
+        check_fpga(create_model("resnet8", 2, (64, 256), width=0.25))
+    with pytest.raises(UserError, match="float twin"):
+        check_fpga(create_model("resnet8", 2, quantized=False))
+    with pytest.raises(UserError, match="cannot be lowered by FINN: choose effnet_lite|resnet18|resnet8"):
+        check_fpga(create_model("effnet_b0", 2, quantized=False))
 
 
 @pytest.mark.parametrize("key", ["weight_bits", "act_bits", "input_bits"])

@@ -212,7 +212,9 @@ def test_real_core_here_runs_on_cpu(int8_ir):
         assert runner.device_choice.execution_devices == ("NPU",)
     else:
         assert runner.device == "CPU" and "running the INT8 IR on CPU" in buf.getvalue()
-    assert runner.describe()["device_choice"]["execution_devices"] == runner.device_choice.execution_devices
+    info = runner.describe()
+    assert info["execution_devices"] == runner.device_choice.execution_devices
+    assert info["device"] == ",".join(info["execution_devices"]) and info["compiled_for"] == runner.device_choice.device
     assert isinstance(runner.device_choice, DeviceChoice)
 
 

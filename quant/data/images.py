@@ -8,7 +8,9 @@ as stored (EXIF orientation is ignored, because masks are drawn on the stored gr
   I          treated as 16-bit: clipped to 0..65535, then as I;16
   F          treated as [0, 1]: clipped, round(v * 255)
 A zero-byte, truncated or undecodable file, or one with several frames (animated GIF,
-multi-page TIFF), is a UserError naming the file.
+multi-page TIFF), is a UserError naming the file. Reading the size (`image_size`, run on
+every file when a dataset is loaded) already catches all but a truncated non-PNG file,
+which is caught when it is decoded.
 
 Geometry to the model size (h, w):
   resize     PIL bilinear (antialiased when shrinking), aspect not kept
@@ -34,6 +36,7 @@ GEOMETRIES = ("resize", "letterbox", "tile")
 # A tile count within this fraction of a whole number is rounded down: a 1.04-tile
 # image becomes one slightly squashed tile rather than two 96 %-overlapping ones.
 TILE_SLACK = 0.05
+PNG_TAIL = 1024  # bytes searched for the IEND chunk at the end of a PNG
 
 Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
 
@@ -63,9 +66,22 @@ def _open(path: str | os.PathLike) -> Image.Image:
     return im
 
 
+def _check_png_end(path: str | os.PathLike) -> None:
+    # A PNG ends with its IEND chunk: without it the file was cut short, which PIL would
+    # only notice when decoding the pixels (during training). Trailing bytes are allowed.
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - PNG_TAIL))
+        if b"IEND" not in f.read():
+            raise UserError(f"{path} is truncated (the PNG has no end chunk): delete it or replace it with the original image")
+
+
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
+    """(height, width) from the file header, without decoding the pixels (a PNG is also
+    checked to be complete: truncated files are the commonest broken download)."""
     with _open(path) as im:
+        if im.format == "PNG":
+            _check_png_end(path)
         return im.height, im.width
 
 

@@ -19,7 +19,8 @@ Quantizers (why these, for FINN):
   after being initialised from the 99.999th percentile of the first `STATS_STEPS` training
   batches. `Relu6Quant` is the learned-clip ReLU6 of effnet_lite: unsigned, per-tensor, scale
   a parameter initialised so the clip starts at 6.
-- Global pool: `TruncAvgPool2d(trunc_quant=TruncTo8bit)` (floor; FINN rejects RoundTo8bit).
+- Global pool: `TruncAvgPool2d(trunc_quant=TruncTo8bit)` (floor; FINN rejects RoundTo8bit),
+  its output width capped by `pool_bits`.
 """
 from __future__ import annotations
 
@@ -115,17 +116,29 @@ class Layers:
                                        return_quant_tensor=True)
 
     def global_pool(self, size: tuple[int, int]) -> nn.Module:
-        """Average over the whole (h, w) feature map -> [N, C, 1, 1]."""
+        """Average over the whole (h, w) feature map of unsigned act_bits values -> [N, C, 1, 1]."""
         if not self.quantized:
             return nn.AdaptiveAvgPool2d(1)
         return self._qnn.TruncAvgPool2d(kernel_size=size, stride=size, trunc_quant=self._q["trunc"],
-                                        return_quant_tensor=True)
+                                        bit_width=pool_bits(self.bits.act, size), return_quant_tensor=True)
 
     def linear(self, cin: int, cout: int) -> nn.Module:
         if not self.quantized:
             return nn.Linear(cin, cout, bias=False)
         return self._qnn.QuantLinear(cin, cout, bias=False, weight_quant=self._q["weight"],
                                      weight_bit_width=self.bits.weight, return_quant_tensor=False)
+
+
+def pool_bits(act_bits: int, size: tuple[int, int]) -> int:
+    """Bits of the pooled output: the window sum's width, capped at 8.
+
+    Brevitas keeps the top 8 bits of the sum of h*w unsigned act_bits values. When the sum
+    needs fewer than 8 bits (e.g. 4-bit activations over 2x2) Brevitas would shift it left,
+    which FINN's QuantAvgPool2d does not do (it clamps the shift at 0 and is 2^k off):
+    keeping the sum's own width makes the pool exact in both.
+    """
+    sum_max = (2**act_bits - 1) * size[0] * size[1]
+    return min(8, (sum_max - 1).bit_length())
 
 
 def conv_out(size: tuple[int, int], stride: int) -> tuple[int, int]:

@@ -1,0 +1,93 @@
+"""End to end on a small embedded-default job: train -> export -> fpga, npu, gpu ->
+parity report; then a tampered FPGA artifact must fail the gate naming the node."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from qdeploy.cli import main
+from qdeploy.recipe import load_recipe
+
+SMALL = [
+    "--set", "dataset.size=[32, 32]", "--set", "dataset.num_images=360",
+    "--set", "model.width=0.5", "--set", "train.float_epochs=3", "--set", "train.qat_epochs=2",
+    "--set", "train.patience=3", "--set", "npu.qat_epochs=1", "--set", "gpu.qat_epochs=1",
+    "--set", "fpga.target_fps=5000.0",
+    # a barely trained model has near-tied logits; INT8 targets get a looser agreement gate here
+    "--set", "gates.min_agreement=0.95",
+]
+
+
+def run(build, *args):
+    return main([*args, "--build-dir", str(build), *SMALL])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    build = tmp_path_factory.mktemp("build")
+    for target in ("fpga", "npu", "gpu"):
+        assert run(build, "build", "--target", target) == 0
+    return build / "default"
+
+
+def test_every_stage_left_its_artifacts(built):
+    assert (built / "train" / "qat.pt").is_file() and (built / "train" / "curves.png").is_file()
+    meta = json.loads((built / "train" / "qat.json").read_text())
+    assert 0.0 < meta["threshold"] < 1.0 and meta["metrics"]["test"]["n"] > 0
+    assert (built / "export" / "model.qonnx.onnx").is_file()
+    fpga = json.loads((built / "fpga" / "fpga_summary.json").read_text())
+    assert fpga["bit_exact"] and all(s["exact"] for s in fpga["stages"])
+    assert fpga["est_fps"] >= 0.95 * 5000 and fpga["resources"]["LUT"] <= 0.7 * fpga["capacity"]["LUT"]
+    assert (built / "fpga" / "report" / "folding_config.json").is_file()
+    assert any((built / "fpga").rglob("*.v")) or any((built / "fpga").rglob("*.cpp"))
+    assert (built / "npu" / "model.xml").is_file() and (built / "npu" / "model.bin").is_file()
+    assert (built / "gpu" / "model.qdq.onnx").is_file() and (built / "gpu" / "trt_build.sh").is_file()
+    engine = json.loads((built / "gpu" / "engine.json").read_text())
+    assert engine["engine"] is None and "tensorrt" in engine["skipped"]
+
+
+def test_up_to_date_stages_are_skipped(built, capsys):
+    assert run(built.parent, "build", "--target", "gpu") == 0
+    err = capsys.readouterr().err
+    assert "train: up to date" in err and "gpu: up to date" in err
+
+
+def test_parity_report_covers_all_targets(built):
+    assert run(built.parent, "parity") == 0
+    report = json.loads((built / "report" / "report.json").read_text())
+    assert set(report["targets_built"]) == {"fpga", "npu", "gpu"}
+    assert {"float", "qat", "fpga", "npu_qat", "npu", "gpu_qat", "gpu"} <= set(report["models"])
+    fpga = report["models"]["fpga"]["agreement_reference"]
+    assert fpga["argmax_agreement"] == 1.0 and fpga["max_abs_diff_rel"] <= 1e-6
+    assert report["models"]["npu"]["device"].startswith("CPU")  # no NPU here, and the report says so
+    html = (built / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "FPGA" in html
+    assert all(g["passed"] for g in report["gates"])
+
+
+def test_tampered_threshold_fails_the_gate_naming_the_node(built, tmp_path, capsys):
+    work = tmp_path / "copy"
+    shutil.copytree(built.parent, work)
+    final = work / "default" / "fpga" / "intermediate_models" / "hw_codegen.onnx"
+    model = onnx.load(final)
+    # the first thresholding layer's thresholds live in an initializer named by the node's 2nd input
+    node = next(n for n in model.graph.node if n.op_type.startswith(("Thresholding", "MVAU")) and len(n.input) > 1)
+    thr_name = node.input[-1]
+    init = next(i for i in model.graph.initializer if i.name == thr_name)
+    t = numpy_helper.to_array(init).copy()
+    t += 3  # shift every threshold: activations of that layer change
+    init.CopyFrom(numpy_helper.from_array(t.astype(numpy_helper.to_array(init).dtype), thr_name))
+    onnx.save(model, final)
+    code = run(work, "parity")
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "parity gate failed: fpga" in err and "first divergent node" in err
+
+
+def test_default_recipe_file_matches_embedded_default():
+    from pathlib import Path
+
+    assert load_recipe(Path(__file__).parents[1] / "recipes" / "default.yaml") == load_recipe(None)
