@@ -45,7 +45,7 @@ def load_state(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        found = re.search(r"\bGLOBAL ([\w.]+)", str(e))  # torch names the class/function it refused to load
         if found:
             raise UserError(f"{path} is not a weights-only checkpoint: it pickles Python objects ({found.group(1)}), "
                             "which are never unpickled here; re-save it as a plain state_dict of tensors") from None
@@ -62,8 +62,27 @@ def load_state(path: str | Path) -> dict:
 
 
 def _first_line(e: BaseException) -> str:
+    """The first sentence of an exception's message (torch's run on for a paragraph)."""
     lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+    return lines[0].split(". ")[0][:160] if lines else type(e).__name__
+
+
+def _mismatch(e: RuntimeError) -> str:
+    """torch's load_state_dict report ("Missing key(s) ...", "size mismatch for ...") in brief."""
+    parts, sizes = [], []
+    for line in str(e).split("\n\t")[1:]:
+        line = line.strip()
+        if line.startswith(("Missing key(s)", "Unexpected key(s)")):
+            keys = re.findall(r'"([^"]+)"', line)
+            parts.append(f"{len(keys)} {line.split(' ')[0].lower()} keys, e.g. {keys[0] if keys else '?'}")
+        elif line.startswith("size mismatch for "):
+            sizes.append(line)
+    if sizes:
+        m = re.match(r"size mismatch for (\S+): copying a param with shape torch.Size\((\[.*?\])\) from checkpoint, "
+                     r"the shape in current model is torch.Size\((\[.*?\])\)", sizes[0])
+        first = f"{m.group(1)} is {m.group(2)} in the checkpoint, {m.group(3)} in the model" if m else sizes[0][:120]
+        parts.append(f"{len(sizes)} size mismatches, e.g. {first}")
+    return "; ".join(parts) or _first_line(e)
 
 
 def load_into(model: torch.nn.Module, state: dict, source: str) -> torch.nn.Module:
@@ -72,8 +91,7 @@ def load_into(model: torch.nn.Module, state: dict, source: str) -> torch.nn.Modu
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        detail = " ".join(str(e).split("\n\t")[1:2]).strip() or _first_line(e)
-        raise UserError(f"{source} does not fit this architecture ({detail[:160]}); "
+        raise UserError(f"{source} does not fit this architecture ({_mismatch(e)}); "
                         "it was saved for another model, width or class count") from None
     return model.eval()
 

@@ -7,6 +7,10 @@ The exported graph takes float [1, 1, H, W] in [0, 1] (batch 1: what FINN wants)
 cleaned up (constant folding, unique names) with inferred shapes. Export is deterministic:
 the same weights give the same bytes (trace input fixed, model in eval mode, tensor names
 from cleanup, no producer version or doc strings that could vary).
+
+It uses torch's TorchScript exporter (dynamo=False): 2-3x faster here than the dynamo one,
+it writes the head's flatten as a batch-agnostic Flatten (dynamo: Reshape to [1, C]), and
+it is the graph finn-plus 1.6.1 was checked to lower fully (resnet8, effnet_lite).
 """
 from __future__ import annotations
 
@@ -31,6 +35,10 @@ def export_qonnx(model: nn.Module, in_size: tuple[int, int], path: str | Path) -
     if not _is_brevitas(model):
         raise UserError(f"export_qonnx needs a quantized (Brevitas) model; {type(model).__name__} is float: "
                         f"create it with quantized=True (effnet_b0 has no quantized variant: use npu/gpu)")
+    built = tuple(getattr(model, "create_args", {}).get("in_size", in_size))
+    if tuple(in_size) != built:
+        raise UserError(f"export_qonnx: in_size {tuple(in_size)} differs from the {built} the model was built for "
+                        f"(its global pool covers exactly that map)")
     path = Path(path)
     was_training = model.training
     model.eval()

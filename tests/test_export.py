@@ -102,6 +102,11 @@ def test_export_restores_training_mode(tmp_path):
     assert model.training
 
 
+def test_export_rejects_another_input_size(resnet8, tmp_path):
+    with pytest.raises(UserError, match=r"in_size \(32, 32\) differs from the \(64, 64\)"):
+        export_qonnx(resnet8, (32, 32), tmp_path / "m.onnx")
+
+
 def test_float_model_cannot_be_exported(tmp_path):
     with pytest.raises(UserError, match="create it with quantized=True"):
         export_qonnx(create_model("effnet_b0", 2, quantized=False), (64, 64), tmp_path / "m.onnx")

@@ -95,3 +95,29 @@ def test_missing_or_unlowerable_model(tmp_path):
     path, _ = exported("SiLUNet", size=SIZE)
     with pytest.raises(UserError, match=r"node Sigmoid_0.*\[activation\]"):
         lower(path, tmp_path / "out", get_part("zcu104"))
+
+
+@pytest.mark.slow
+def test_quant_models_resnet8_lowers_bit_exact(tmp_path):
+    """The project's own resnet8 (quant.models, exported by quant.export) at 64x64."""
+    import torch
+
+    from quant.export import export_qonnx
+    from quant.models import create_model
+    from quant.preprocess import to_input
+    from targets.folding import fold
+
+    torch.manual_seed(0)
+    model = create_model("resnet8", 2, (64, 64))
+    pixels = images(100, 64, seed=3)
+    model.train()
+    with torch.no_grad():
+        model(to_input(pixels[:32]))
+    model.eval()
+    with torch.no_grad():
+        reference = model(to_input(pixels)).numpy()
+    path = export_qonnx(model, (64, 64), tmp_path / "resnet8.onnx")
+    result = lower(path, tmp_path / "fpga", get_part("zcu104"), target_fps=20000, samples_uint8=pixels,
+                   reference_logits=reference, folding=fold, log=lambda s: None)
+    assert result.bit_exact and result.est_fps >= 20000
+    assert result.budget_use["LUT"] <= 1.0

@@ -26,6 +26,32 @@ def test_compare_metrics():
     assert m["worst_sample"] == 1
 
 
+def test_batched_im2col_equals_qonnx_per_sample():
+    """The strided-view im2col gives qonnx's values and order for pads, strides, dilations."""
+    import itertools
+
+    from qonnx.custom_op.general.im2col import compute_conv_output_dim as out_dim
+    from qonnx.custom_op.general.im2col import im2col_indices_nchw
+
+    from compilers.finn.kernels import im2col_nhwc
+
+    rng = np.random.default_rng(0)
+    cases = 0
+    for h, w, c, kh, kw, s, p, d in itertools.product([1, 5, 8], [5, 8], [1, 3], [1, 3], [1, 3], [1, 2], [0, 1], [1, 2]):
+        pad = [p if h > 1 else 0, p, p if h > 1 else 0, p]
+        if (h == 1 and kh != 1) or out_dim(h, kh, s, pad[0] + pad[2], d) < 1 or out_dim(w, kw, s, 2 * p, d) < 1:
+            continue
+        x = rng.integers(-8, 8, (3, h, w, c)).astype(np.float32)
+        got = im2col_nhwc(x, kh, kw, s, s, pad, 0, d, d)
+        oh, ow = out_dim(h, kh, s, pad[0] + pad[2], d), out_dim(w, kw, s, 2 * p, d)
+        for i in range(3):
+            ref = im2col_indices_nchw(x[i : i + 1].transpose(0, 3, 1, 2), h, w, kh, kw, pad, s, s, 0, d, d)
+            ref = ref.reshape(1, c, kh, kw, oh, ow).transpose(0, 4, 5, 2, 3, 1).reshape(1, oh, ow, kh * kw * c)
+            assert np.array_equal(got[i : i + 1], ref), (h, w, c, kh, kw, s, p, d)
+        cases += 1
+    assert cases > 100
+
+
 @pytest.fixture(scope="module")
 def plain_stages(tmp_path_factory):
     """PlainCNN through convert_to_hw (MVAU, ConvolutionInputGenerator, Pool nodes)."""

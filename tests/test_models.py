@@ -95,7 +95,8 @@ def test_global_pool_averages_the_whole_final_map_in_finn_arithmetic(name, size)
     # The window sum of unsigned act_bits integers, floor-shifted right to at most 8 bits; no
     # left shift when the sum is narrower (FINN's QuantAvgPool2d cannot shift left).
     total = inp.int().sum((2, 3), keepdim=True).long()
-    sum_bits = int((15 * inp.value.shape[2] * inp.value.shape[3] - 1)).bit_length()
+    sum_max = (2 ** model.create_args["act_bits"] - 1) * inp.value.shape[2] * inp.value.shape[3]
+    sum_bits = (sum_max - 1).bit_length()
     shift = max(0, sum_bits - 8)
     assert float(out.bit_width) == min(8, sum_bits)
     assert torch.equal(out.int().long(), total >> shift)

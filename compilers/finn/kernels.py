@@ -13,43 +13,41 @@ import numpy as np
 
 def im2col(inst, node, ctx) -> bool:
     """qonnx Im2Col.execute_node, batched."""
-    from qonnx.custom_op.general.im2col import compute_conv_output_dim, get_im2col_indices_nchw
-
     k_h, k_w = inst.get_nodeattr("kernel_size")
     stride_h, stride_w = inst.get_nodeattr("stride")
     pad = list(inst.get_nodeattr("pad_amount"))
     pad_val = inst.get_nodeattr("pad_value")
     dil_h, dil_w = inst.get_nodeattr("dilations")
-    x = ctx[node.input[0]]
-    _im2col_nhwc(node, ctx, x, k_h, k_w, stride_h, stride_w, pad, pad_val, dil_h, dil_w,
-                 compute_conv_output_dim, get_im2col_indices_nchw)
+    ctx[node.output[0]] = im2col_nhwc(ctx[node.input[0]], k_h, k_w, stride_h, stride_w, pad, pad_val, dil_h, dil_w)
     return True
 
 
 def conv_input_generator(inst, node, ctx) -> bool:
     """finn ConvolutionInputGenerator.execute_node (an Im2Col without padding), batched."""
-    from qonnx.custom_op.general.im2col import compute_conv_output_dim, get_im2col_indices_nchw
-
     k = inst.get_nodeattr("ConvKernelDim")
     s = inst.get_nodeattr("Stride")
     d = inst.get_nodeattr("Dilation")
-    x = ctx[node.input[0]]
-    _im2col_nhwc(node, ctx, x, k[0], k[1], s[0], s[1], [0, 0, 0, 0], 0, d[0], d[1],
-                 compute_conv_output_dim, get_im2col_indices_nchw)
+    ctx[node.output[0]] = im2col_nhwc(ctx[node.input[0]], k[0], k[1], s[0], s[1], [0, 0, 0, 0], 0, d[0], d[1])
     return True
 
 
-def _im2col_nhwc(node, ctx, x, k_h, k_w, stride_h, stride_w, pad, pad_val, dil_h, dil_w, out_dim, indices):
+def im2col_nhwc(x, k_h, k_w, stride_h, stride_w, pad, pad_val, dil_h, dil_w) -> np.ndarray:
+    """qonnx's im2col of x [N, H, W, C]: [N, OH, OW, kh*kw*C], kernel position major.
+
+    The same values in the same order as qonnx's index gather (im2col_indices_nchw),
+    taken as one strided view instead of an index gather plus a transposed copy.
+    """
+    from numpy.lib.stride_tricks import sliding_window_view
+    from qonnx.custom_op.general.im2col import compute_conv_output_dim as out_dim
+
     n, h, w, c = x.shape
     out_h = out_dim(h, k_h, stride_h, pad[0] + pad[2], dil_h)
     out_w = out_dim(w, k_w, stride_w, pad[1] + pad[3], dil_w)
-    x = x.transpose(0, 3, 1, 2)
-    x_padded = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[2]), (pad[1], pad[3])), mode="constant",
-                      constant_values=pad_val)
-    kk, ii, jj = indices(x.shape, k_h, k_w, pad, stride_h, stride_w, dil_h, dil_w)
-    cols = x_padded[:, kk, ii, jj]  # [N, C*kh*kw, out_h*out_w]
-    ret = cols.reshape(n, c, k_h, k_w, out_h, out_w).transpose(0, 4, 5, 2, 3, 1)
-    ctx[node.output[0]] = ret.reshape(n, out_h, out_w, k_h * k_w * c)
+    xp = np.pad(x, ((0, 0), (pad[0], pad[2]), (pad[1], pad[3]), (0, 0)), mode="constant", constant_values=pad_val)
+    span_h, span_w = dil_h * (k_h - 1) + 1, dil_w * (k_w - 1) + 1
+    win = sliding_window_view(xp, (span_h, span_w), axis=(1, 2))  # [N, H', W', C, span_h, span_w]
+    win = win[:, ::stride_h, ::stride_w, :, ::dil_h, ::dil_w][:, :out_h, :out_w]  # [N, OH, OW, C, kh, kw]
+    return win.transpose(0, 1, 2, 4, 5, 3).reshape(n, out_h, out_w, k_h * k_w * c)
 
 
 def mvau(inst, node, ctx) -> bool:

@@ -20,19 +20,24 @@ Quantizers (why these, for FINN):
   batches. `Relu6Quant` is the learned-clip ReLU6 of effnet_lite: unsigned, per-tensor, scale
   a parameter initialised so the clip starts at 6.
 - Global pool: `TruncAvgPool2d(trunc_quant=TruncTo8bit)` (floor; FINN rejects RoundTo8bit),
-  its output width capped by `pool_bits`.
+  its output width capped by `pool_bits`. finn-plus lowers it only for a square final
+  feature map (registry.check_fpga says so before a build).
+
+Channel counts are `make_divisible(channels * width)`: the nearest multiple of 4 (at least 4),
+so FINN can fold PE/SIMD by 2 or 4 at any width while width=0.25 still gives 4-channel stems.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
-import torch
 from torch import nn
 
 STATS_STEPS = 32  # training batches used to initialise activation scales (Brevitas default: 300)
 
 
+@functools.lru_cache(maxsize=None)
 def _brevitas():
     # Imported lazily: the float twins (and effnet_b0) must not pay for Brevitas.
     import brevitas.nn as qnn
@@ -153,7 +158,3 @@ def make_divisible(value: float, divisor: int = 4) -> int:
         out += divisor
     return out
 
-
-def as_tensor(x) -> torch.Tensor:
-    """The plain tensor inside a Brevitas QuantTensor (or the tensor itself)."""
-    return x.value if hasattr(x, "value") and not isinstance(x, torch.Tensor) else x

@@ -1,0 +1,41 @@
+"""What the steps of every stage look up: the data splits, model arguments, test pixels,
+the trained checkpoints. Cached in the build context so each is loaded once."""
+from __future__ import annotations
+
+import numpy as np
+
+from qdeploy.steps import Context, console
+
+def splits(ctx: Context):
+    if "splits" not in ctx.values:
+        from quant.data.splits import load_splits
+
+        r = ctx.recipe
+        s = ctx.values["splits"] = load_splits(r.dataset, r.seed, ctx.build_dir.parent / "_data")
+        console.print(f"data: {r.dataset.kind} {'x'.join(map(str, r.dataset.size))}, classes {list(s.class_names)}, "
+                      f"train/val/test {len(s.train)}/{len(s.val)}/{len(s.test)}")
+        for note in s.notes:
+            console.print(f"[yellow]data: {note}[/yellow]")
+    return ctx.values["splits"]
+
+
+def model_args(ctx: Context, quantized: bool) -> dict:
+    r, s = ctx.recipe, splits(ctx)
+    m = r.model
+    return dict(name=m.name, num_classes=len(s.class_names), in_size=tuple(r.dataset.size), width=m.width,
+                weight_bits=m.weight_bits, act_bits=m.act_bits, input_bits=m.input_bits, quantized=quantized)
+
+
+def test_pixels(ctx: Context, limit: int | None = None) -> np.ndarray:
+    """The test set as uint8 [N,1,H,W] (the same images, in the same order, for every target)."""
+    s = splits(ctx).test
+    n = len(s) if limit is None else min(limit, len(s))
+    return np.stack([s.pixels(i) for i in range(n)])[:, None]
+
+
+def qat_checkpoint(ctx: Context):
+    from quant.checkpoint import load_checkpoint
+
+    if "qat" not in ctx.values:
+        ctx.values["qat"] = load_checkpoint(ctx.stage_dir("train") / "qat")
+    return ctx.values["qat"]

@@ -1,0 +1,103 @@
+"""Stage `fpga`: the QONNX export -> FINN dataflow design, folded to the recipe's fps on
+its part, with every intermediate model checked against the Brevitas model."""
+from __future__ import annotations
+
+import logging
+
+from qdeploy.atomic import write_json
+from qdeploy.errors import UserError
+from qdeploy.build.common import qat_checkpoint, test_pixels
+from qdeploy.steps import Context, console
+
+STAGE = "fpga"
+
+
+def check_part_and_model(ctx: Context):
+    """The part exists and FINN can lower the model: checked before any training."""
+    from quant.models import check_fpga, create_model, model_info
+    from quant.models.registry import list_fpga_models
+    from targets.fpga_parts import get_part
+
+    get_part(ctx.recipe.fpga.part)
+    info = model_info(ctx.recipe.model.name)
+    if not info.fpga_lowerable:
+        what = info.description.split(")")[0] + ")" if "(" in info.description else info.name  # e.g. "X (SiLU, SE)"
+        raise UserError(f"model.name={info.name} cannot be built for --target fpga: FINN cannot lower {what}; "
+                        f"choose one of {', '.join(list_fpga_models())} for fpga, or build {info.name} for npu or gpu")
+    m = ctx.recipe.model  # the class count does not change what FINN sees: 2 stands in before the data is read
+    check_fpga(create_model(m.name, 2, tuple(ctx.recipe.dataset.size), m.width, m.weight_bits, m.act_bits, m.input_bits))
+
+
+def parity_pixels(ctx: Context):
+    return test_pixels(ctx, limit=ctx.recipe.fpga.parity_images)
+
+
+def step_lower(ctx: Context):
+    """FINN flow with our folding; FINN's SetFolding is run at the same point for comparison."""
+    from compilers.finn.flow import lower
+    from quant.train import predict
+    from targets.folding import fold, finn_setfolding
+    from targets.fpga_parts import get_part
+
+    r = ctx.recipe.fpga
+    part = get_part(r.part)
+    kept = {}
+
+    def fold_and_compare(model, part, clock_mhz, target_fps, budget):
+        kept["fold"] = fold(model, part, clock_mhz, target_fps, budget)
+        finn_log = logging.getLogger("finn_logger")  # SetFolding warns per layer; its summary is what we keep
+        level, finn_log.level = finn_log.level, logging.ERROR
+        try:
+            kept["setfolding"] = finn_setfolding(model, part, clock_mhz, target_fps, budget).summary()
+        finally:
+            finn_log.setLevel(level)
+        return kept["fold"]
+
+    pixels = parity_pixels(ctx)
+    model, _ = qat_checkpoint(ctx)
+    reference = _brevitas_logits(model, pixels)
+    result = lower(ctx.stage_dir("export") / "model.qonnx.onnx", ctx.stage_dir(STAGE), part, r.clock_mhz,
+                   r.target_fps, r.budget, samples_uint8=pixels, reference_logits=reference, folding=fold_and_compare,
+                   log=lambda msg: console.print(f"  {msg}"))
+    summary = {**kept["fold"].to_report(), "setfolding": kept["setfolding"],
+               "finn_estimate": {"est_fps": result.est_fps, "est_latency_ms": result.est_latency_ms,
+                                 "resources": result.resources},
+               "budget_use": result.budget_use, "continuation": result.continuation,
+               "stages": [p.to_dict() for p in result.parity], "bit_exact": result.bit_exact,
+               "generated_sources": {k: len(v) for k, v in result.generated_sources.items()}}
+    # FINN's own estimate of the final design is the headline; our search's numbers match it
+    summary["est_fps"] = result.est_fps
+    summary["resources"] = result.resources
+    write_json(ctx.stage_dir(STAGE) / "fpga_summary.json", summary)
+    _print_summary(summary)
+
+
+def _brevitas_logits(model, pixels):
+    import torch
+
+    from quant.preprocess import to_input
+
+    with torch.no_grad():
+        return torch.cat([torch.as_tensor(model(to_input(pixels[i:i + 256]))) for i in range(0, len(pixels), 256)]).numpy()
+
+
+def _print_summary(s: dict) -> None:
+    cap, res = s["capacity"], s["resources"]
+    use = ", ".join(f"{k} {res.get(k, 0):,.0f}/{cap.get(k, 0):,} ({res.get(k, 0) / cap[k]:.0%})" for k in cap if cap.get(k))
+    console.print(f"FPGA {s['part']} @ {s['clock_mhz']:g} MHz: estimated {s['est_fps']:,.0f} fps "
+                  f"(target {s['target_fps']:,.0f}; FINN SetFolding: {s['setfolding']['est_fps']:,.0f} fps, "
+                  f"{s['setfolding']['LUT']:,.0f} LUT) — estimates, not hardware measurements")
+    console.print(f"  resources (estimate): {use}; budget {s['budget']:.0%}")
+    worst = [p for p in s["stages"] if not p["exact"]]
+    console.print(f"  parity: {len(s['stages'])} stages x {s['stages'][0]['n'] if s['stages'] else 0} test images: "
+                  + ("bit-exact at every stage" if not worst else f"{len(worst)} stage(s) differ, first: {worst[0]['stage']}"))
+
+
+def step_parity(ctx: Context):
+    from reference.parity import target_parity
+
+    target_parity(ctx, STAGE)
+
+
+PREFLIGHT = [check_part_and_model]
+STEPS = [step_lower, step_parity]

@@ -1,0 +1,113 @@
+"""Stage `train`: float pre-training, QAT fine-tuning, operating threshold, metrics, curves."""
+from __future__ import annotations
+
+import numpy as np
+from rich.table import Table
+
+from qdeploy.atomic import atomic_path, write_json
+from qdeploy.build.common import model_args, splits
+from qdeploy.steps import Context, console
+
+
+def check_model(ctx: Context):
+    """An unknown model name fails before the dataset is generated or loaded."""
+    from quant.models import model_info
+
+    model_info(ctx.recipe.model.name)
+
+
+def step_train_float(ctx: Context):
+    from quant.checkpoint import save_checkpoint
+    from quant.models import create_model
+    from quant.train import fit, seed_everything
+
+    r = ctx.recipe
+    seed_everything(r.seed)
+    args = model_args(ctx, quantized=False)
+    model = create_model(**args)
+    hist = fit(model, splits(ctx), r.train, r.train.float_epochs, r.train.lr, r.seed, "float")
+    save_checkpoint(ctx.stage_dir("train") / "float", model, {"model": args, "history": hist})
+    ctx.values["float_model"] = model
+
+
+def step_train_qat(ctx: Context):
+    from quant.checkpoint import save_checkpoint
+    from quant.models import create_model, load_float_weights
+    from quant.train import fit, seed_everything
+
+    r = ctx.recipe
+    seed_everything(r.seed + 1)
+    args = model_args(ctx, quantized=True)
+    model = create_model(**args)
+    float_model = ctx.values.get("float_model")
+    if float_model is None:
+        from quant.checkpoint import load_checkpoint
+
+        float_model, _ = load_checkpoint(ctx.stage_dir("train") / "float")
+    transfer = load_float_weights(model, float_model)
+    hist = fit(model, splits(ctx), r.train, r.train.qat_epochs, r.train.lr * 0.5, r.seed + 1, f"W{r.model.weight_bits}A{r.model.act_bits}")
+    save_checkpoint(ctx.stage_dir("train") / "qat", model, {"model": args, "history": hist,
+                                                             "init_from_float": {"loaded": len(transfer.loaded),
+                                                                                 "quantizer_keys_new": len(transfer.quantizer_keys)}})
+    ctx.values["qat"] = (model, {"model": args})
+
+
+def step_evaluate(ctx: Context):
+    """Pick the operating threshold on validation, evaluate float and QAT on test."""
+    from quant import metrics
+    from quant.checkpoint import load_checkpoint, read_meta, save_checkpoint
+    from quant.train import predict
+
+    r, s = ctx.recipe, splits(ctx)
+    d = ctx.stage_dir("train")
+    results = {}
+    for name in ("float", "qat"):
+        model, meta = load_checkpoint(d / name)
+        thr = metrics.choose_threshold(predict(model, s.val), s.val.labels, s.ok_index,
+                                       r.train.target_recall, r.train.target_fpr)
+        test_logits = predict(model, s.test)
+        results[name] = {
+            "val": metrics.evaluate(predict(model, s.val), s.val.labels, s.ok_index, thr, r.train.report_fpr),
+            "test": metrics.evaluate(test_logits, s.test.labels, s.ok_index, thr, r.train.report_fpr),
+        }
+        meta.update(threshold=thr, class_names=list(s.class_names), ok_index=s.ok_index,
+                    metrics=results[name], recipe=r.name, seed=r.seed)
+        save_checkpoint(d / name, model, meta)
+        with atomic_path(d / f"{name}_test_logits.npy") as tmp, open(tmp, "wb") as f:
+            np.save(f, test_logits)
+    ctx.values.pop("qat", None)
+    write_json(d / "metrics.json", {"classes": list(s.class_names), "ok_index": s.ok_index,
+                                    "split_sizes": [len(s.train), len(s.val), len(s.test)],
+                                    "notes": list(s.notes), **results})
+    print_metrics_table(results, r)
+
+
+def print_metrics_table(results: dict, r) -> None:
+    table = Table(title=f"{r.name}: {r.model.name} float vs W{r.model.weight_bits}A{r.model.act_bits} (validation | test)")
+    table.add_column("metric")
+    for name in results:
+        label = "float" if name == "float" else f"W{r.model.weight_bits}A{r.model.act_bits}"
+        table.add_column(f"{label} val", justify="right")
+        table.add_column(f"{label} test", justify="right")
+    keys = ["accuracy", "precision", "recall", "f1", "ap", "auroc", "recall_at_fpr", "op_recall", "op_fpr", "threshold"]
+    for k in keys:
+        if k not in results["float"]["val"]:
+            continue
+        row = [k if k != "recall_at_fpr" else f"recall@FPR={r.train.report_fpr:g}"]
+        for name in results:
+            for split in ("val", "test"):
+                row.append(f"{results[name][split].get(k, float('nan')):.4f}")
+        table.add_row(*row)
+    console.print(table)
+
+
+def step_plot_curves(ctx: Context):
+    from quant.checkpoint import read_meta
+    from quant.training_plots import plot_curves
+
+    d = ctx.stage_dir("train")
+    plot_curves([read_meta(d / "float")["history"], read_meta(d / "qat")["history"]], d / "curves.png")
+
+
+PREFLIGHT = [check_model]
+STEPS = [step_train_float, step_train_qat, step_evaluate, step_plot_curves]
