@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -113,7 +112,3 @@ def tool_environment(build_dir: str | os.PathLike | None = None) -> dict[str, st
     if build_dir is not None:
         env["FINN_BUILD_DIR"] = str(Path(build_dir).resolve())
     return env
-
-
-def python_executable() -> str:
-    return sys.executable

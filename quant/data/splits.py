@@ -71,7 +71,7 @@ def _dataset_root(cfg, seed: int, cache_dir: Path) -> Path:
     if cfg.kind == "synthetic":
         from quant.data.synthetic import ensure_generated
 
-        return Path(ensure_generated(cfg, seed, Path(cache_dir)))
+        return Path(ensure_generated(cfg, seed, Path(cache_dir), difficulty=cfg.difficulty))
     return Path(cfg.path).expanduser()
 
 

@@ -1,0 +1,74 @@
+"""Bring your own model: a user's QONNX export (from their own Brevitas model) through the
+same FPGA flow, with the QONNX graph itself, executed by qonnx, as the parity reference.
+
+    qdeploy build --target fpga --model their.qonnx.onnx --samples images/
+
+Sample images are read as uint8 grayscale at the model's input size (no resizing: the
+model sees exactly what the hardware will). Artifacts go to build/<recipe>/fpga-byom/<model>/.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from qdeploy.atomic import write_json
+from qdeploy.errors import UserError
+from qdeploy.steps import Context, console
+
+MAX_SAMPLES = 1000
+
+
+def read_samples(folder: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """Every image in `folder` (sorted by name) as uint8 [N, C, H, W] for a model input of `shape` (C, H, W)."""
+    from quant.data.images import is_image_file, read_gray
+
+    c, h, w = shape
+    if c != 1:
+        raise UserError(f"the model takes {c} input channels; qdeploy's samples are grayscale (1 channel)")
+    if not folder.is_dir():
+        raise UserError(f"--samples {folder} is not a folder of images")
+    files = sorted(p for p in folder.iterdir() if is_image_file(p))[:MAX_SAMPLES]
+    if not files:
+        raise UserError(f"--samples {folder} holds no images (png, jpg, bmp, tif)")
+    out = np.empty((len(files), 1, h, w), dtype=np.uint8)
+    for i, f in enumerate(files):
+        img = read_gray(f)
+        if img.shape != (h, w):
+            raise UserError(f"{f} is {img.shape[1]}x{img.shape[0]} but the model takes {w}x{h}: "
+                            f"resize the samples to the model's input size")
+        out[i, 0] = img
+    return out
+
+
+def build_own_model(ctx: Context, target: str, model_path: Path, samples: str | None) -> None:
+    from compilers.finn.flow import load_qonnx, lower
+    from targets.folding import fold
+    from targets.fpga_parts import get_part
+
+    if target != "fpga":
+        raise UserError(f"--model (bring your own QONNX) is supported for --target fpga; for {target}, "
+                        "train through a recipe")
+    if not model_path.is_file():
+        raise UserError(f"--model {model_path} not found")
+    if samples is None:
+        raise UserError("--model needs --samples DIR: a folder of sample images for the parity check")
+    r = ctx.recipe.fpga
+    part = get_part(r.part)
+    model = load_qonnx(model_path)
+    shape = tuple(model.get_tensor_shape(model.graph.input[0].name))[1:]
+    pixels = read_samples(Path(samples), shape)
+    out = ctx.build_dir / "fpga-byom" / model_path.name.split(".")[0]
+    result = lower(model_path, out, part, r.clock_mhz, r.target_fps, r.budget, samples_uint8=pixels,
+                   reference_logits=None, folding=fold, log=lambda msg: console.print(f"  {msg}"))
+    write_json(out / "byom_summary.json", result.to_dict())
+    worst = [p for p in result.parity if not p.exact]
+    console.print(f"{model_path.name}: estimated {result.est_fps:,.0f} fps on {part.name} (estimate); parity vs the "
+                  f"QONNX graph on {len(pixels)} samples: "
+                  + ("bit-exact at every stage" if not worst else f"{worst[0].stage} differs"))
+    if worst:
+        from qdeploy.errors import GateFailed
+
+        fd = worst[0].first_divergence or {}
+        raise GateFailed(f"parity gate failed: fpga ({model_path.name}) stage {worst[0].stage} differs from the "
+                         f"QONNX graph; first divergent node: {fd.get('node')}")
