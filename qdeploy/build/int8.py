@@ -34,6 +34,37 @@ def float_model(ctx: Context):
     return model, meta
 
 
+def fold_batchnorm(model):
+    """A copy of `model` with every BatchNorm folded into the convolution feeding it.
+
+    OpenVINO and TensorRT fold BN into the conv anyway; folding it before INT8 QAT makes
+    the QAT model compute what the deployed one computes, so parity is not lost to a
+    different float rounding ahead of each activation quantizer. The result is still a
+    plain nn.Module (BN replaced by Identity), so NNCF uses its usual torch backend.
+    """
+    import copy
+
+    import torch.fx
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model).eval()
+    modules = dict(model.named_modules())
+    for node in torch.fx.symbolic_trace(model).graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
+            continue
+        src = node.args[0]
+        if src.op == "call_module" and isinstance(modules[src.target], nn.Conv2d) and len(src.users) == 1:
+            _replace(model, src.target, fuse_conv_bn_eval(modules[src.target], modules[node.target]))
+            _replace(model, node.target, nn.Identity())
+    return model
+
+
+def _replace(model, dotted: str, module) -> None:
+    parent, _, name = dotted.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
 def train_int8(ctx: Context, stage: str, mode: str, epochs: int) -> Path:
     from quant import metrics
     from quant.nncf_qat import quantize_int8, save_nncf_checkpoint
@@ -42,7 +73,7 @@ def train_int8(ctx: Context, stage: str, mode: str, epochs: int) -> Path:
     r, s = ctx.recipe, splits(ctx)
     seed_everything(r.seed + 2)
     model, meta = float_model(ctx)
-    qmodel = quantize_int8(model, calibration_batches(ctx), mode=mode, subset_size=128)
+    qmodel = quantize_int8(fold_batchnorm(model), calibration_batches(ctx), mode=mode, subset_size=128)
     hist = fit(qmodel, s, r.train, epochs, r.train.lr * 0.05, r.seed + 2, f"INT8 QAT ({mode})")
     thr = metrics.choose_threshold(predict(qmodel, s.val), s.val.labels, s.ok_index, r.train.target_recall, r.train.target_fpr)
     path = ctx.stage_dir(stage) / CHECKPOINT
@@ -60,5 +91,6 @@ def load_int8(ctx: Context, stage: str):
     key = f"{stage}_qmodel_loaded"
     if key not in ctx.values:
         _, meta = float_model(ctx)
-        ctx.values[key] = load_nncf_checkpoint(ctx.stage_dir(stage) / CHECKPOINT, create_model(**meta["model"]))
+        fresh = fold_batchnorm(create_model(**meta["model"]))  # the structure QAT ran on
+        ctx.values[key] = load_nncf_checkpoint(ctx.stage_dir(stage) / CHECKPOINT, fresh)
     return ctx.values[key]

@@ -219,11 +219,17 @@ def _segments_profile(
     return prof, core
 
 
+def _subtle_fraction(difficulty: float) -> float:
+    return 0.05 + 0.45 * difficulty
+
+
 def _contrast(rng: np.random.Generator, difficulty: float, unit: float, scale: float = 1.0) -> float:
-    """Defect amplitude: log-uniform between a floor and a ceiling, in clutter units."""
-    lo = 6.0 ** (1.0 - difficulty) * 0.8**difficulty
-    hi = 40.0 ** (1.0 - difficulty) * 8.0**difficulty
-    return unit * scale * _loguniform(rng, lo, hi)
+    """Defect amplitude in clutter units (see the module docstring: Difficulty)."""
+    if rng.random() < _subtle_fraction(difficulty):
+        k = _loguniform(rng, 0.8, 2.5)  # at the noise/texture floor: often invisible
+    else:
+        k = _loguniform(rng, 6.0 * (1.0 - 0.6 * difficulty), 30.0 * (1.0 - 0.5 * difficulty))
+    return unit * scale * k
 
 
 def _scratch(rng, h, w, t, difficulty, unit):
@@ -261,7 +267,7 @@ def _pit(rng, h, w, t, difficulty, unit):
     mask = np.zeros((h, w), dtype=bool)
     for i in range(n):
         c = centre if i == 0 else np.clip(centre + rng.normal(0, spread, 2), [0, 0], [h - 1, w - 1])
-        sigma = _loguniform(rng, 0.5, 2.6 - 1.0 * difficulty)
+        sigma = _loguniform(rng, 0.8 - 0.3 * difficulty, 2.6 - 1.0 * difficulty)
         ecc = rng.uniform(0.7, 1.4)
         d2 = (yy - c[0]) ** 2 * ecc + (xx - c[1]) ** 2 / ecc
         blob = np.exp(-d2 / (2 * sigma**2))
@@ -311,7 +317,7 @@ def _crack(rng, h, w, t, difficulty, unit):
 def _inclusion(rng, h, w, t, difficulty, unit):
     yy, xx = _grid(h, w)
     m = min(h, w)
-    r = _loguniform(rng, 1.5, max(2.0, (0.22 - 0.08 * difficulty) * m))
+    r = _loguniform(rng, 3.0 - 1.5 * difficulty, max(3.5, (0.22 - 0.08 * difficulty) * m))
     ry, rx = r * rng.uniform(0.6, 1.5), r * rng.uniform(0.6, 1.5)
     cy, cx = rng.uniform(0, h - 1), rng.uniform(0, w - 1)
     a = rng.uniform(0, np.pi)
@@ -320,11 +326,11 @@ def _inclusion(rng, h, w, t, difficulty, unit):
     v = (-dx * np.sin(a) + dy * np.cos(a)) / ry
     rough = _shaped(rng, (h, w), _gauss_filt(h, w, max(1.0, 0.4 * r)))
     rad = np.sqrt(u**2 + v**2) + rng.uniform(0.15, 0.35) * rough
-    soft = np.clip((1.0 - rad) / 0.25, 0.0, 1.0)
+    soft = np.clip((1.0 - rad) / 0.15, 0.0, 1.0)
     if not (soft > 0.5).any():
         soft[int(round(cy)), int(round(cx))] = 1.0
     grain = _shaped(rng, (h, w), _gauss_filt(h, w, rng.uniform(0.5, 1.5)))
-    amp = _contrast(rng, difficulty, unit, scale=0.6)
+    amp = min(_contrast(rng, difficulty, unit, scale=0.6), 8.0 * unit)  # slag, not a hole
     inside = t * rng.uniform(0.2, 1.0) + (amp if rng.random() < 0.5 else -amp) + rng.uniform(0.2, 0.8) * grain
     return t * (1 - soft) + inside * soft, soft > 0.5
 
@@ -484,8 +490,13 @@ def dataset_digest(num_images: int, size, defect_fraction: float, seed: int, dif
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def ensure_generated(cfg, seed: int, cache_dir: Path, *, difficulty: float = DEFAULT_DIFFICULTY) -> Path:
-    """The cached dataset for `cfg` (a DatasetConfig), generating it if absent or incomplete."""
+def ensure_generated(cfg, seed: int, cache_dir: Path, *, difficulty: float | None = None) -> Path:
+    """The cached dataset for `cfg` (a DatasetConfig), generating it if absent or incomplete.
+
+    difficulty=None takes cfg.difficulty when the config has one, else DEFAULT_DIFFICULTY.
+    """
+    if difficulty is None:
+        difficulty = float(getattr(cfg, "difficulty", DEFAULT_DIFFICULTY))
     size = tuple(int(s) for s in cfg.size)
     root = Path(cache_dir) / f"synthetic-{dataset_digest(cfg.num_images, size, cfg.defect_fraction, seed, difficulty)}"
     meta_path = root / "meta.json"
