@@ -75,8 +75,8 @@ def test_batched_executor_is_checked_against_finn(plain_stages, monkeypatch):
     (ok,) = check_stages([stage], pixels, reference)
     assert ok.exact and ok.executor == "batched" and ok.executor_check <= 1e-6
 
-    def broken_mvau(inst, node, ctx):
-        assert K.mvau(inst, node, ctx)
+    def broken_mvau(inst, node, ctx, graph):
+        assert K.mvau(inst, node, ctx, graph)
         ctx[node.output[0]] = ctx[node.output[0]] + 1.0
         return True
 

@@ -10,7 +10,7 @@ the same order with the same per-node implementations, but on a batch:
   is widened to the batch);
 - FINN/qonnx custom nodes whose python execution handles a leading batch dimension
   (listed in BATCH_SAFE) run once on the whole batch;
-- a few ops that hard-code batch 1 (Im2Col, ConvolutionInputGenerator, MVAU,
+- a few ops that hard-code batch 1 (Im2Col, ConvolutionInputGenerator, MVAU, VVAU,
   DuplicateStreams) run batched re-implementations of their execute_node (kernels.py);
 - every other custom node runs its own `execute_node` once per sample;
 - specialized `*_hls` / `*_rtl` nodes have no python execution: they run as their
@@ -214,7 +214,7 @@ class Executor:
             inst = self._custom[idx] = getCustomOp(node)
         outs = [o for o in node.output if o]
         kernel = None if self.reference_mode else KERNELS.get(node.op_type)
-        if kernel is not None and kernel(inst, node, ctx):
+        if kernel is not None and kernel(inst, node, ctx, self.graph):
             return
         if node.op_type in BATCH_SAFE and not self.reference_mode:
             for o in outs:

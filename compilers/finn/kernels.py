@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def im2col(inst, node, ctx) -> bool:
+def im2col(inst, node, ctx, graph) -> bool:
     """qonnx Im2Col.execute_node, batched."""
     k_h, k_w = inst.get_nodeattr("kernel_size")
     stride_h, stride_w = inst.get_nodeattr("stride")
@@ -22,7 +22,7 @@ def im2col(inst, node, ctx) -> bool:
     return True
 
 
-def conv_input_generator(inst, node, ctx) -> bool:
+def conv_input_generator(inst, node, ctx, graph) -> bool:
     """finn ConvolutionInputGenerator.execute_node (an Im2Col without padding), batched."""
     k = inst.get_nodeattr("ConvKernelDim")
     s = inst.get_nodeattr("Stride")
@@ -50,7 +50,7 @@ def im2col_nhwc(x, k_h, k_w, stride_h, stride_w, pad, pad_val, dil_h, dil_w) -> 
     return win.transpose(0, 1, 2, 4, 5, 3).reshape(n, out_h, out_w, k_h * k_w * c)
 
 
-def mvau(inst, node, ctx) -> bool:
+def mvau(inst, node, ctx, graph) -> bool:
     """finn MVAU.execute_node (integer, non-binary modes), batched."""
     from qonnx.custom_op.general.multithreshold import multithreshold
 
@@ -72,7 +72,36 @@ def mvau(inst, node, ctx) -> bool:
     return True
 
 
-def duplicate_streams(inst, node, ctx) -> bool:
+def vvau(inst, node, ctx, graph) -> bool:
+    """finn VVAU.execute_node (integer, non-bipolar modes), batched."""
+    from qonnx.custom_op.general.multithreshold import multithreshold
+
+    if inst.get_nodeattr("inputDataType") == "BIPOLAR" and inst.get_nodeattr("weightDataType") == "BIPOLAR":
+        return False
+    x = ctx[node.input[0]]
+    n, dim_h, dim_w, _ = x.shape
+    k_h, k_w = inst.get_nodeattr("Kernel")
+    channels = inst.get_nodeattr("Channels")
+    producer = [p for p in graph.node if p.output[0] == node.input[0]]
+    if producer and producer[0].op_type in ("Im2Col", "ConvolutionInputGenerator"):
+        pe = channels
+    else:
+        pe = inst.get_nodeattr("PE")
+    # the SWG interleaves PE: untangle as FINN does
+    x = x.reshape(n, dim_h, dim_w, channels // pe, k_h * k_w, pe).transpose(0, 1, 2, 4, 3, 5)
+    x = x.reshape(n, dim_h, dim_w, channels * k_h * k_w)
+    w = inst._infer_sparse_weight_tensor(ctx[node.input[1]], k_h, k_w, channels)
+    result = np.matmul(x, w)
+    if inst.get_nodeattr("noActivation") == 0:
+        bipolar = inst.get_nodeattr("outputDataType") == "BIPOLAR"
+        out_scale, out_bias = (2, -1) if bipolar else (1, inst.get_nodeattr("ActVal"))
+        result = multithreshold(result.transpose((0, 3, 1, 2)), ctx[node.input[2]], out_scale, out_bias)
+        result = result.transpose((0, 2, 3, 1))
+    ctx[node.output[0]] = result
+    return True
+
+
+def duplicate_streams(inst, node, ctx, graph) -> bool:
     """finn DuplicateStreams.execute_node, batched: every output is the input."""
     x = ctx[node.input[0]]
     out = np.asarray(x, dtype=np.float32).reshape([x.shape[0]] + list(inst.get_normal_input_shape())[1:])
@@ -85,5 +114,6 @@ KERNELS = {
     "Im2Col": im2col,
     "ConvolutionInputGenerator": conv_input_generator,
     "MVAU": mvau,
+    "VVAU": vvau,
     "DuplicateStreams": duplicate_streams,
 }

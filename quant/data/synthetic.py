@@ -228,7 +228,7 @@ def _contrast(rng: np.random.Generator, difficulty: float, unit: float, scale: f
     if rng.random() < _subtle_fraction(difficulty):
         k = _loguniform(rng, 0.8, 2.5)  # at the noise/texture floor: often invisible
     else:
-        k = _loguniform(rng, 6.0 * (1.0 - 0.6 * difficulty), 30.0 * (1.0 - 0.5 * difficulty))
+        k = _loguniform(rng, 8.0 * (1.0 - 0.6 * difficulty), 30.0 * (1.0 - 0.5 * difficulty))
     return unit * scale * k
 
 
@@ -259,7 +259,7 @@ def _scratch(rng, h, w, t, difficulty, unit):
 def _pit(rng, h, w, t, difficulty, unit):
     yy, xx = _grid(h, w)
     n = 1 if rng.random() < 0.6 else int(rng.integers(2, 5))
-    centre = np.array([rng.uniform(1, h - 2), rng.uniform(1, w - 2)])
+    centre = np.array([rng.uniform(0.06, 0.94) * (h - 1), rng.uniform(0.06, 0.94) * (w - 1)])
     spread = rng.uniform(2, 10)
     amp = _contrast(rng, difficulty, unit)
     dark = rng.random() < 0.7
@@ -319,7 +319,7 @@ def _inclusion(rng, h, w, t, difficulty, unit):
     m = min(h, w)
     r = _loguniform(rng, 3.0 - 1.5 * difficulty, max(3.5, (0.22 - 0.08 * difficulty) * m))
     ry, rx = r * rng.uniform(0.6, 1.5), r * rng.uniform(0.6, 1.5)
-    cy, cx = rng.uniform(0, h - 1), rng.uniform(0, w - 1)
+    cy, cx = rng.uniform(0.1, 0.9) * (h - 1), rng.uniform(0.1, 0.9) * (w - 1)
     a = rng.uniform(0, np.pi)
     dy, dx = yy - cy, xx - cx
     u = (dx * np.cos(a) + dy * np.sin(a)) / rx
@@ -330,8 +330,10 @@ def _inclusion(rng, h, w, t, difficulty, unit):
     if not (soft > 0.5).any():
         soft[int(round(cy)), int(round(cx))] = 1.0
     grain = _shaped(rng, (h, w), _gauss_filt(h, w, rng.uniform(0.5, 1.5)))
-    amp = min(_contrast(rng, difficulty, unit, scale=0.6), 8.0 * unit)  # slag, not a hole
-    inside = t * rng.uniform(0.2, 1.0) + (amp if rng.random() < 0.5 else -amp) + rng.uniform(0.2, 0.8) * grain
+    # a blob competes with the coarse texture (blotches, weave), so its contrast is in units
+    # of the texture's full std (1), not of the fine clutter; capped: slag, not a hole
+    amp = min(_contrast(rng, difficulty, 1.0, scale=0.45), 5.0)
+    inside = t * rng.uniform(0.0, 0.6) + (amp if rng.random() < 0.5 else -amp) + rng.uniform(0.3, 1.0) * grain
     return t * (1 - soft) + inside * soft, soft > 0.5
 
 
