@@ -47,3 +47,12 @@ def test_broken_yaml_is_one_line(tmp_path):
     p.write_text("model: [unclosed\n")
     with pytest.raises(UserError, match="not valid YAML"):
         load_recipe(p)
+
+
+def test_every_shipped_recipe_validates():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    assert {p.stem for p in recipes} >= {"default", "neu", "casting"}
+    for p in recipes:
+        assert load_recipe(p).name == p.stem

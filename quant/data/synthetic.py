@@ -54,11 +54,11 @@ from scipy import ndimage
 from qdeploy.atomic import atomic_dir
 from qdeploy.errors import UserError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # bump whenever the pixels change: it is part of the cache key
 CLASSES = ("ok", "scratch", "pit", "crack", "inclusion")
 DEFECT_TYPES = CLASSES[1:]
 TEXTURES = ("brushed", "cast", "woven")
-DEFAULT_DIFFICULTY = 0.5
+DEFAULT_DIFFICULTY = 0.1  # matches DatasetConfig.difficulty; see "Difficulty" above
 
 _SALT = 0x51D3F  # separates these streams from any other use of the same seed
 _ALPHA = 0.6180339887498949  # golden ratio - 1: defective or not
