@@ -44,7 +44,8 @@ def model_entries(ctx: Context, twins: list[tw.Twin]) -> dict:
 
 def _header(ctx: Context) -> dict:
     s, r = splits(ctx), ctx.recipe
-    qat = json.loads((ctx.stage_dir("train") / "qat.json").read_text())
+    d = ctx.stage_dir("train")
+    qat = json.loads(((d / "qat.json") if (d / "qat.json").is_file() else (d / "float.json")).read_text())
     return {
         "schema": REPORT_SCHEMA, "recipe": r.name, "qdeploy_version": __version__,
         "dataset": {"classes": list(s.class_names), "ok_index": s.ok_index, "n_test": len(s.test),

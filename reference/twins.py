@@ -35,7 +35,7 @@ def golden(ctx: Context) -> list[Twin]:
     from quant.train import predict
 
     d = ctx.stage_dir("train")
-    if not (d / "qat.json").is_file():
+    if not (d / "stage.json").is_file():
         raise UserError(f"no trained model in {d}: run 'make train' (or any build) first")
     test = splits(ctx).test
     r = ctx.recipe
@@ -43,6 +43,8 @@ def golden(ctx: Context) -> list[Twin]:
     for key, label, precision in (("float", "float (golden)", "fp32"),
                                   ("qat", f"Brevitas QAT W{r.model.weight_bits}A{r.model.act_bits}",
                                    f"w{r.model.weight_bits}a{r.model.act_bits} fake-quant")):
+        if not (d / f"{key}.json").is_file():
+            continue  # INT8-only models have no Brevitas QAT model
         model, meta = load_checkpoint(d / key)
         out.append(Twin(key, label, "golden" if key == "float" else "qat", predict(model, test), meta.get("threshold"),
                         "pytorch", "cpu", precision, target="fpga" if key == "qat" else None))

@@ -91,3 +91,18 @@ def test_default_recipe_file_matches_embedded_default():
     from pathlib import Path
 
     assert load_recipe(Path(__file__).parents[1] / "recipes" / "default.yaml") == load_recipe(None)
+
+
+def test_int8_only_model_builds_for_npu_and_gpu_without_brevitas_qat(tmp_path):
+    """effnet_b0 (SiLU + squeeze-excite): float training, then NNCF INT8 QAT per target."""
+    tiny = ["--set", "model.name=effnet_b0", "--set", "model.width=0.25", "--set", "dataset.size=[32, 32]",
+            "--set", "dataset.num_images=240", "--set", "train.float_epochs=1", "--set", "npu.qat_epochs=1",
+            "--set", "gpu.qat_epochs=1", "--set", "gates.max_recall_drop=1.0", "--set", "gates.min_agreement=0.9"]
+    for target in ("npu", "gpu"):
+        assert main(["build", "--target", target, "--build-dir", str(tmp_path), *tiny]) == 0
+    d = tmp_path / "default"
+    assert (d / "train" / "float.pt").is_file() and not (d / "train" / "qat.pt").exists()
+    for target in ("npu", "gpu"):
+        parity = json.loads((d / target / "parity.json").read_text())
+        assert parity["models"][target]["agreement_reference"]["argmax_agreement"] >= 0.9
+    assert main(["export", "--build-dir", str(tmp_path), *tiny]) == 2  # no Brevitas model to export

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from qdeploy.atomic import write_json
 from qdeploy.build.common import qat_checkpoint, test_pixels
+from qdeploy.errors import UserError
 from qdeploy.steps import Context, console
 
 def step_export_qonnx(ctx: Context):
@@ -18,3 +19,15 @@ def step_export_qonnx(ctx: Context):
 
 
 STEPS = [step_export_qonnx]
+
+
+def check_exportable(ctx: Context):
+    from quant.models import model_info
+
+    info = model_info(ctx.recipe.model.name)
+    if info.int8_only:
+        raise UserError(f"model.name={info.name} has no Brevitas QAT model to export to QONNX (INT8 only): "
+                        "build it with --target npu or gpu")
+
+
+PREFLIGHT = [check_exportable]

@@ -30,12 +30,27 @@ def step_train_float(ctx: Context):
     ctx.values["float_model"] = model
 
 
+def has_brevitas_qat(ctx: Context) -> bool:
+    """INT8-only models (effnet_b0: SiLU + squeeze-excite) get their QAT from NNCF in the
+    npu/gpu stages; everything else also gets a Brevitas QAT model for the FPGA."""
+    from quant.models import model_info
+
+    return not model_info(ctx.recipe.model.name).int8_only
+
+
+def trained(ctx: Context) -> tuple[str, ...]:
+    return ("float", "qat") if has_brevitas_qat(ctx) else ("float",)
+
+
 def step_train_qat(ctx: Context):
     from quant.checkpoint import save_checkpoint
     from quant.models import create_model, load_float_weights
     from quant.train import fit, seed_everything
 
     r = ctx.recipe
+    if not has_brevitas_qat(ctx):
+        console.print(f"{r.model.name}: INT8 only (no Brevitas QAT); NNCF QAT runs in the npu/gpu builds")
+        return
     seed_everything(r.seed + 1)
     args = model_args(ctx, quantized=True)
     model = create_model(**args)
@@ -61,7 +76,7 @@ def step_evaluate(ctx: Context):
     r, s = ctx.recipe, splits(ctx)
     d = ctx.stage_dir("train")
     results = {}
-    for name in ("float", "qat"):
+    for name in trained(ctx):
         model, meta = load_checkpoint(d / name)
         thr = metrics.choose_threshold(predict(model, s.val), s.val.labels, s.ok_index,
                                        r.train.target_recall, r.train.target_fpr)
@@ -106,7 +121,7 @@ def step_plot_curves(ctx: Context):
     from quant.training_plots import plot_curves
 
     d = ctx.stage_dir("train")
-    plot_curves([read_meta(d / "float")["history"], read_meta(d / "qat")["history"]], d / "curves.png")
+    plot_curves([read_meta(d / name)["history"] for name in trained(ctx)], d / "curves.png")
 
 
 PREFLIGHT = [check_model]

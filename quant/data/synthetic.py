@@ -19,13 +19,21 @@ Defects (each with a pixel mask, drawn before illumination so contrast follows t
   crack      dark jagged polyline with one to three thinner branches
   inclusion  irregular blob whose texture and brightness differ from the surface
 
-Difficulty. `difficulty` in [0, 1] (default `DEFAULT_DIFFICULTY`) sets how many defects are
-small and faint. Every defect's contrast is drawn log-uniformly between a floor and a
-ceiling measured in units of the surface's texture standard deviation; raising the
-difficulty lowers both (the floor reaches the sensor-noise level) and shrinks sizes, so
-some defects are effectively invisible and no classifier reaches 100 %. The default
-is chosen so a small float CNN trained a few epochs at 64x64 lands around 90-97 %
-accuracy on the binary ok/defect task (see the report in tests/test_synthetic.py).
+Difficulty. `difficulty` in [0, 1] (recipe key dataset.difficulty, default 0.1) sets how
+many defects sit at the noise floor and how faint and small the rest are. A defect's
+contrast is measured in "clutter units": the std of the surface's fine texture (high-pass)
+plus sensor noise, so an amplitude is about equally visible on every surface (inclusions,
+which compete with coarse blotches and weave, use the full texture std instead).
+  - subtle, with probability 0.05 + 0.45*difficulty: 0.8-2.5 clutter units, often invisible
+    to any classifier, so nothing reaches 100 %;
+  - otherwise log-uniform in [8*(1-0.6d), 30*(1-0.5d)] clutter units (inclusions: 0.45x
+    that in texture std, capped at 5), with pit, inclusion and scratch sizes shrinking as d
+    grows. The strongest saturate like a specular scratch or a deep crack; a small CNN
+    trained a few epochs leans on them (capping all contrasts at 5 texture std cut the
+    accuracy below from 0.93 to 0.74-0.85).
+Calibration (3000 images, 64x64, float resnet8 through quant.train.fit with the default
+TrainConfig, 6 epochs, test accuracy at argmax): d=0.0 -> 0.94, d=0.1 -> 0.93-0.94
+(two seeds; AUROC 0.93-0.97), d=0.5 -> 0.85, d=1.0 -> 0.75 (chance: all ok).
 
 Labels. Which images are defective, and of which type, follows two low-discrepancy
 (Weyl) sequences offset by the seed: any prefix of N images holds `defect_fraction * N`
@@ -195,7 +203,7 @@ def _segments_profile(
     """Soft line profile of a polyline: max over segments of strength*exp(-d^2/2w^2).
 
     pts: (K+1, 2) as (y, x); widths, strengths: (K,). Returns (profile, core) where core is
-    the distance test d <= width + 0.5 used for the mask.
+    the distance test d <= width + 0.5 (where strength > 0.1) used for the mask.
     """
     prof = np.zeros((h, w))
     core = np.zeros((h, w), dtype=bool)
@@ -215,7 +223,7 @@ def _segments_profile(
     t = np.clip(((py - a[:, 0]) * d[:, 0] + (px - a[:, 1]) * d[:, 1]) / len2, 0.0, 1.0)
     dist2 = (py - a[:, 0] - t * d[:, 0]) ** 2 + (px - a[:, 1] - t * d[:, 1]) ** 2
     prof[y0:y1, x0:x1] = (strengths * np.exp(-dist2 / (2.0 * widths**2))).max(-1)
-    core[y0:y1, x0:x1] = ((dist2 <= (widths + 0.5) ** 2) & (strengths > 0.25)).any(-1)
+    core[y0:y1, x0:x1] = ((dist2 <= (widths + 0.5) ** 2) & (strengths > 0.1)).any(-1)
     return prof, core
 
 
@@ -275,10 +283,11 @@ def _pit(rng, h, w, t, difficulty, unit):
         a = amp * rng.uniform(0.6, 1.0) * min(2.5, (1.5 / sigma) ** 0.7)
         if dark and rng.random() < 0.35:  # crater: dark pit with a bright rim
             rim = np.exp(-d2 / (2 * (1.8 * sigma) ** 2))
-            out += a * (0.45 * rim - 1.2 * blob)
+            delta = 0.45 * rim - 1.2 * blob
         else:
-            out += (-a if dark else a) * blob
-        m = blob > 0.3
+            delta = blob if not dark else -blob
+        out += a * delta
+        m = np.abs(delta) > 0.2 * np.abs(delta).max()  # the pit and its rim
         m[int(round(c[0])), int(round(c[1]))] = True
         mask |= m
     return out, mask
