@@ -11,13 +11,7 @@ from quant.models import create_model
 from quant.preprocess import to_input_np
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: one thread is much faster than two that spin against a busy machine.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _trained_like(name, size, seed=0):

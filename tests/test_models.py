@@ -12,13 +12,7 @@ SIZES = [(64, 64), (48, 96)]
 FPGA_MODELS = ["resnet8", "resnet18", "effnet_lite"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny tensors: one thread is much faster than two that spin against a busy machine.
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _brevitas_modules(model):

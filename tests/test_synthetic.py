@@ -277,13 +277,14 @@ def _baseline(difficulty: float, n: int = 600, seed: int = 0) -> tuple[float, fl
 
 
 def test_default_difficulty_is_learnable_but_not_trivial():
-    # measured: AUROC 0.81-0.90, accuracy 0.83-0.89 over seeds 0-2 (chance: 0.5 / 0.75)
+    # measured (800 images, seeds 0-2): AUROC 0.92-0.96, accuracy 0.93-0.95, defect recall
+    # 0.78-0.81 (chance: AUROC 0.5, accuracy 0.75 by calling everything ok)
     auc, acc = _baseline(syn.DEFAULT_DIFFICULTY)
-    assert auc > 0.75, auc
-    assert acc < 0.97, acc
-    # the knob works: at difficulty 1 most defects sit at the noise floor (measured 0.60-0.69)
+    assert auc > 0.8, auc
+    assert acc < 0.98, acc  # some defects are at the noise floor: no 100 %
+    # the knob works: at difficulty 1 most defects sit at the noise floor (measured 0.66-0.71)
     hard_auc, _ = _baseline(1.0)
-    assert hard_auc < auc - 0.08, (hard_auc, auc)
+    assert hard_auc < auc - 0.12, (hard_auc, auc)
 
 
 @pytest.mark.slow

@@ -59,7 +59,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from qdeploy.atomic import atomic_dir
+from qdeploy.atomic import atomic_dir, atomic_path
 from qdeploy.errors import UserError
 
 GENERATOR_VERSION = 2  # bump whenever the pixels change: it is part of the cache key
@@ -282,12 +282,13 @@ def _pit(rng, h, w, t, difficulty, unit):
         # the blur flattens tiny pits: real ones that small are deep, high-contrast holes
         a = amp * rng.uniform(0.6, 1.0) * min(2.5, (1.5 / sigma) ** 0.7)
         if dark and rng.random() < 0.35:  # crater: dark pit with a bright rim
-            rim = np.exp(-d2 / (2 * (1.8 * sigma) ** 2))
-            delta = 0.45 * rim - 1.2 * blob
+            ring = np.exp(-((np.sqrt(d2) - 1.6 * sigma) ** 2) / (2 * (0.6 * sigma) ** 2))
+            delta = 0.45 * ring - 1.1 * blob
+            m = np.abs(delta) > 0.15 * np.abs(delta).max()  # the pit and its rim
         else:
             delta = blob if not dark else -blob
+            m = blob > 0.3
         out += a * delta
-        m = np.abs(delta) > 0.2 * np.abs(delta).max()  # the pit and its rim
         m[int(round(c[0])), int(round(c[1]))] = True
         mask |= m
     return out, mask
@@ -402,7 +403,7 @@ def _check_params(size, defect_fraction: float, difficulty: float) -> tuple[int,
     if not 0.0 < defect_fraction < 1.0:
         raise UserError(f"dataset.defect_fraction must be between 0 and 1 (exclusive), got {defect_fraction}")
     if not 0.0 <= difficulty <= 1.0:
-        raise UserError(f"synthetic difficulty must be between 0 and 1, got {difficulty}")
+        raise UserError(f"dataset.difficulty must be between 0 and 1, got {difficulty}")
     return h, w
 
 
@@ -540,8 +541,6 @@ def contact_sheet(
 ) -> Path:
     """A PNG grid, one row per class, each sample raw and with its mask outlined in red."""
     from PIL import ImageDraw
-
-    from qdeploy.atomic import atomic_path
 
     h, w = size
     pad, label_w = 4, 70
