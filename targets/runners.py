@@ -111,12 +111,18 @@ class OrtRunner(Runner):
         providers: tuple[str, ...] | list[str] = ("CPUExecutionProvider",),
         name: Optional[str] = None,
         threads: Optional[int] = None,
+        exact_qdq: bool = False,
     ):
+        """exact_qdq: run Q/DQ nodes as the ONNX spec defines them (graph optimisations off),
+        not fused into onnxruntime's int8 kernels, whose requantisation rounds differently.
+        That checks the artifact itself against the QAT model; the fused default is for speed."""
         import onnx
         import onnxruntime as ort
 
         path = _require_file(Path(onnx_path), "ONNX model")
         options = ort.SessionOptions()
+        if exact_qdq:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=list(providers))
