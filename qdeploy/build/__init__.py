@@ -46,8 +46,9 @@ def stage_digest(recipe, stage: str) -> str:
 def run_plan(ctx: Context, command: str, force: bool = False) -> None:
     stages = PLAN[command]
     # an unknown part, a model FINN cannot lower or a missing device fails in seconds,
-    # not after the training of the earlier stages
-    for stage in stages:
+    # not after the training of the earlier stages; the target's own checks go first, as
+    # they say the most (e.g. why FINN cannot lower a model, not just that it has no QONNX)
+    for stage in reversed(stages):
         for check in preflight_of(stage):
             check(ctx)
     for stage in stages:
