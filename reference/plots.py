@@ -133,21 +133,29 @@ def plot_confusion(models: dict, classes: list[str], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _overlay(ax, items, curve, summary, op_point) -> None:
+    """One line per model (`curve` = (name, x key, y key)), its summary metric in the
+    legend, and a dot at its operating point (metric keys `op_point`)."""
+    name, xk, yk = curve
+    metric, metric_label = summary
+    for i, key, m in items:
+        style = model_style(key, i)
+        met = m.get("metrics") or {}
+        value = met.get(metric)
+        label = m.get("label", key) + (f" ({metric_label} {value:.4f})" if _finite(value) else "")
+        ax.plot(m["curves"][name][xk], m["curves"][name][yk], label=label, **style)
+        if _finite(met.get(op_point[0])) and _finite(met.get(op_point[1])):
+            ax.plot(met[op_point[0]], met[op_point[1]], marker="o", color=style["color"], markersize=6,
+                    markeredgecolor="black", linestyle="none")
+
+
 def plot_roc(models: dict, path: Path, report_fpr: float | None = None) -> Path | None:
     """ROC curves of every model with curves, overlaid; each model's operating point marked."""
     items = [(i, k, m) for i, (k, m) in enumerate(models.items()) if m.get("curves")]
     if not items:
         return None
     fig, ax = plt.subplots(figsize=(6.2, 5.0))
-    for i, key, m in items:
-        style = model_style(key, i)
-        auroc = (m.get("metrics") or {}).get("auroc")
-        label = m.get("label", key) + (f" (AUROC {auroc:.4f})" if _finite(auroc) else "")
-        ax.plot(m["curves"]["roc"]["fpr"], m["curves"]["roc"]["tpr"], label=label, **style)
-        met = m.get("metrics") or {}
-        if _finite(met.get("op_fpr")) and _finite(met.get("op_recall")):
-            ax.plot(met["op_fpr"], met["op_recall"], marker="o", color=style["color"], markersize=6,
-                    markeredgecolor="black", linestyle="none")
+    _overlay(ax, items, ("roc", "fpr", "tpr"), ("auroc", "AUROC"), ("op_fpr", "op_recall"))
     if report_fpr:
         ax.axvline(report_fpr, color="grey", linestyle=":", linewidth=1)
         ax.text(report_fpr, 0.02, f" FPR {report_fpr:g}", color="grey", fontsize=7)
@@ -166,15 +174,7 @@ def plot_pr(models: dict, path: Path) -> Path | None:
     if not items:
         return None
     fig, ax = plt.subplots(figsize=(6.2, 5.0))
-    for i, key, m in items:
-        style = model_style(key, i)
-        ap = (m.get("metrics") or {}).get("ap")
-        label = m.get("label", key) + (f" (AP {ap:.4f})" if _finite(ap) else "")
-        ax.plot(m["curves"]["pr"]["recall"], m["curves"]["pr"]["precision"], label=label, **style)
-        met = m.get("metrics") or {}
-        if _finite(met.get("op_recall")) and _finite(met.get("op_precision")):
-            ax.plot(met["op_recall"], met["op_precision"], marker="o", color=style["color"], markersize=6,
-                    markeredgecolor="black", linestyle="none")
+    _overlay(ax, items, ("pr", "recall", "precision"), ("ap", "AP"), ("op_recall", "op_precision"))
     ax.set(xlim=(0, 1.01), ylim=(0, 1.02), xlabel="recall (defects found)", ylabel="precision",
            title="Precision-recall (defect vs ok); dots: operating point")
     ax.grid(alpha=0.3)
