@@ -202,9 +202,7 @@ def find_problems(model) -> list[Problem]:
         elif op in _COMPUTE:
             src = g.float_source(node.input[0])
             if src is not None:
-                hint = _FLOAT_HINTS.get(src.op_type, "put a quantizer (QuantIdentity / QuantReLU) in front of it")
-                problems.append(Problem(src.name, src.op_type, layer_name(src), "float-input",
-                                        f"its float output feeds {op} {node.name} unquantized: {hint}"))
+                problems.append(_float_input(src, node, "put a quantizer (QuantIdentity / QuantReLU) in front of it"))
             w = node.input[1]
             wp = g.producer.get(w)
             if w in g.init or (wp is not None and wp.op_type not in _QUANTIZERS):
@@ -212,9 +210,7 @@ def find_problems(model) -> list[Problem]:
         elif op in _POOLS:
             src = g.float_source(node.input[0])
             if src is not None:
-                hint = _FLOAT_HINTS.get(src.op_type, "put a quantizer in front of it")
-                problems.append(Problem(src.name, src.op_type, layer_name(src), "float-input",
-                                        f"its float output feeds {op} {node.name} unquantized: {hint}"))
+                problems.append(_float_input(src, node, "put a quantizer in front of it"))
             elif op in ("ReduceMean", "GlobalAveragePool") and not _followed_by_quantizer(g, node):
                 add(node, "float-input", _FLOAT_HINTS[op])
             elif op == "AveragePool" and _reads_maxpool(g, node.input[0]):
@@ -289,3 +285,10 @@ def _check_residual(g: _Graph, node, add) -> None:
     if not same:
         add(node, "residual-scale", "the two operands of this residual Add are quantized with different "
             "scales; quantize both with the same QuantIdentity instance")
+
+
+def _float_input(src, node, default_hint: str) -> "Problem":
+    """`src` hands a float tensor to a compute or pooling node that needs integers."""
+    hint = _FLOAT_HINTS.get(src.op_type, default_hint)
+    return Problem(src.name, src.op_type, layer_name(src), "float-input",
+                   f"its float output feeds {node.op_type} {node.name} unquantized: {hint}")

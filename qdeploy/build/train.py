@@ -70,7 +70,7 @@ def step_train_qat(ctx: Context):
 def step_evaluate(ctx: Context):
     """Pick the operating threshold on validation, evaluate float and QAT on test."""
     from quant import metrics
-    from quant.checkpoint import load_checkpoint, read_meta, save_checkpoint
+    from quant.checkpoint import load_checkpoint, save_checkpoint
     from quant.train import predict
 
     r, s = ctx.recipe, splits(ctx)
