@@ -92,6 +92,20 @@ def _bench_section(ctx: Context) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _cam_section(ctx: Context, out_dir) -> list[dict]:
+    """Grad-CAM overlays of the deployed model (QAT; float for INT8-only models) per defect class."""
+    from quant.checkpoint import load_checkpoint
+    from qdeploy.build.common import test_pixels
+    from reference.cams import write_cam_overlays
+
+    s = splits(ctx)
+    twin = {t.key: t for t in tw.golden_cache(ctx)}
+    key = "qat" if "qat" in twin else "float"
+    model, _ = load_checkpoint(ctx.stage_dir("train") / key)
+    return write_cam_overlays(model, twin[key].label, test_pixels(ctx), s.test.labels, twin[key].logits,
+                              s.class_names, s.ok_index, out_dir / "cams")
+
+
 def build_report(ctx: Context) -> dict:
     targets = tw.built_targets(ctx)
     twins = list(tw.golden_cache(ctx))
@@ -121,6 +135,7 @@ def run_parity(ctx: Context, render_only: bool = False) -> dict:
             console.print("[yellow]no target built yet: the report holds the float and QAT models only "
                           "(make target=fpga|npu|gpu build)[/yellow]")
         report = build_report(ctx)
+        report["cams"] = _cam_section(ctx, out_dir)
         write_json(out_dir / "report.json", report)
     paths = render_report(report, out_dir)
     print_console_summary(report, console=console)

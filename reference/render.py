@@ -192,6 +192,19 @@ def _plots_section(plot_paths: dict) -> list[Block]:
     return out + shown
 
 
+def _cams(report: dict, out_dir: Path | None) -> list[Block]:
+    cams = report.get("cams") or []
+    if not cams:
+        return []
+    out = [Block("h2", "Where the model looks (Grad-CAM)"),
+           Block("p", "Class-activation heatmaps of the deployed quantized model over test images of each defect "
+                      "class (red: strongest evidence for the class; a wrong prediction is titled in red).")]
+    for c in cams:
+        if out_dir is None or (out_dir / c["file"]).is_file():
+            out.append(Block("img", text=f"Grad-CAM: {c['class']}", src=c["file"]))
+    return out
+
+
 def _target_models(report: dict, target: str) -> list[tuple[str, dict]]:
     return [(k, m) for k, m in _ordered(report["models"]) if m.get("target") == target]
 
@@ -308,12 +321,12 @@ def _bench(report: dict, plot_paths: dict) -> list[Block]:
     return out
 
 
-def build_blocks(report: dict, plot_paths: dict) -> list[Block]:
+def build_blocks(report: dict, plot_paths: dict, out_dir: Path | None = None) -> list[Block]:
     """The report as a list of blocks (the single source of report.md and report.html)."""
     title = f"Parity report: {report.get('recipe', '?')}"
     meta = f"{report.get('schema', '?')}, qdeploy {report.get('qdeploy_version', '?')}"
     return [Block("h1", title), Block("p", meta), *_verdict(report), *_dataset(report), *_summary(report),
-            *_gates(report), *_plots_section(plot_paths), *_fpga(report, plot_paths), *_device(report, "npu"),
+            *_gates(report), *_plots_section(plot_paths), *_cams(report, out_dir), *_fpga(report, plot_paths), *_device(report, "npu"),
             *_device(report, "gpu"), *_bench(report, plot_paths)]
 
 
@@ -435,7 +448,7 @@ def render_report(report: dict, out_dir: Path) -> dict[str, Path]:
     if not isinstance(report.get("models"), dict) or not report["models"]:
         raise ValueError("report has no models: nothing to render")
     plot_paths = render_plots(report, out_dir / "plots")
-    blocks = build_blocks(report, plot_paths)
+    blocks = build_blocks(report, plot_paths, out_dir)
     md = write_text(out_dir / "report.md", to_markdown(blocks))
     page = write_text(out_dir / "report.html", to_html(blocks, out_dir))
     return {"md": md, "html": page, **plot_paths}

@@ -66,6 +66,8 @@ def test_parity_report_covers_all_targets(built):
     html = (built / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "FPGA" in html
     assert all(g["passed"] for g in report["gates"])
+    assert [c["class"] for c in report["cams"]] == ["defect"] and "Grad-CAM" in html
+    assert (built / "report" / report["cams"][0]["file"]).is_file()
 
 
 def test_tampered_threshold_fails_the_gate_naming_the_node(built, tmp_path, capsys):

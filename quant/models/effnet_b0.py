@@ -68,8 +68,15 @@ class EffNetB0(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c(1280), num_classes)
 
+    def forward_features(self, x):
+        """The last feature map, before the global pool (timm's split)."""
+        return self.head(self.blocks(self.stem(x)))
+
+    def forward_head(self, x):
+        return self.fc(self.pool(x).flatten(1))
+
     def forward(self, x):
-        return self.fc(self.pool(self.head(self.blocks(self.stem(x)))).flatten(1))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model(family="efficientnet", fpga_lowerable=False, int8_only=True)

@@ -66,9 +66,15 @@ class EffNetLite(nn.Module):
         self.pool = L.global_pool(size)
         self.fc = L.linear(head, num_classes)
 
-    def forward(self, x):
-        x = self.head(self.blocks(self.stem(self.input_quant(x))))
+    def forward_features(self, x):
+        """The last feature map, before the global pool (timm's split)."""
+        return self.head(self.blocks(self.stem(self.input_quant(x))))
+
+    def forward_head(self, x):
         return self.fc(self.pool(x).flatten(1))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model(family="efficientnet", fpga_lowerable=True)

@@ -57,9 +57,15 @@ class ResNet(nn.Module):
         self.pool = L.global_pool(size)
         self.fc = L.linear(cin, num_classes)
 
-    def forward(self, x):
-        x = self.layers(self.stem(self.input_quant(x)))
+    def forward_features(self, x):
+        """The last feature map, before the global pool (timm's split)."""
+        return self.layers(self.stem(self.input_quant(x)))
+
+    def forward_head(self, x):
         return self.fc(self.pool(x).flatten(1))
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
 
 
 def _c(channels: int, width: float) -> int:
