@@ -65,7 +65,9 @@ class TrainConfig(_Section):
     float_epochs: int = Field(8, ge=0)
     qat_epochs: int = Field(3, ge=1)  # >= 1: Brevitas creates its activation scales in training
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-3, gt=0)
+    lr: float = Field(3e-3, gt=0)  # peak rate of float training (AdamW, warm-up then cosine)
+    qat_lr: Optional[float] = Field(None, gt=0)  # peak rate of QAT fine-tuning; None: lr / 2
+    qat_freeze_bn_after: Optional[int] = Field(None, ge=0)  # QAT epochs before BatchNorm statistics freeze; None: never
     weight_decay: float = Field(1e-4, ge=0)
     loss: Literal["ce", "focal", "class_balanced"] = "ce"
     sampler: Literal["shuffle", "weighted"] = "weighted"

@@ -57,9 +57,17 @@ def _score(m: dict) -> float:
     return m.get("ap", m["f1"]) if not math.isnan(m.get("ap", 0.0)) else m["f1"]
 
 
-def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str) -> dict:
-    """Train `model` in place; keep the state with the best validation score.
+def _nll(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean cross-entropy: breaks ties of the criterion (a small validation set saturates it)."""
+    return float(torch.nn.functional.cross_entropy(torch.as_tensor(logits), torch.as_tensor(labels, dtype=torch.long)))
 
+
+def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freeze_bn_from: int | None = None) -> dict:
+    """Train `model` in place; keep the state with the best validation score (ties: the
+    lower validation cross-entropy).
+
+    freeze_bn_from: from this epoch on (0-based) BatchNorm layers use and keep their running
+    statistics, as PyTorch's and TensorFlow's QAT recipes do for the last epochs of QAT.
     Returns the history: per-epoch train loss and validation metrics.
     """
     torch.set_num_threads(cfg.threads)
@@ -73,23 +81,27 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str) -> di
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, total_steps=epochs * len(loader))
-    best, best_state, since_best = -1.0, None, 0
+    best, best_state, since_best = (-1.0, -math.inf), None, 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(f"{label}", total=epochs * len(loader), info="")
         for epoch in range(epochs):
             t0 = time.perf_counter()
+            frozen = freeze_bn_from is not None and epoch >= freeze_bn_from
             loss_sum, n_seen = train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen,
-                                               lambda: progress.advance(task))
+                                               lambda: progress.advance(task), freeze_bn=frozen)
             val_logits = predict(model, splits.val)
             m = metrics.evaluate(val_logits, splits.val.labels, splits.ok_index, report_fpr=cfg.report_fpr)
-            score = _score(m)
-            history["epochs"].append({"epoch": epoch + 1, "train_loss": loss_sum / max(n_seen, 1),
+            score, nll = _score(m), _nll(val_logits, splits.val.labels)
+            history["epochs"].append({"epoch": epoch + 1, "train_loss": loss_sum / max(n_seen, 1), "val_nll": nll,
                                       "val": {k: v for k, v in m.items() if k != "confusion_matrix"},
                                       "seconds": round(time.perf_counter() - t0, 2)})
-            progress.update(task, info=f"loss {loss_sum / max(n_seen, 1):.3f} val acc {m['accuracy']:.3f} score {score:.3f}")
-            if score > best:
-                best, best_state, since_best = score, copy.deepcopy(model.state_dict()), 0
+            info = f"loss {loss_sum / max(n_seen, 1):.3f} val acc {m['accuracy']:.3f} score {score:.3f} nll {nll:.3f}"
+            progress.update(task, info=info)
+            if not console.is_terminal:  # a log file gets one line per epoch instead of a live bar
+                console.print(f"{label} epoch {epoch + 1}/{epochs}: {info} ({time.perf_counter() - t0:.0f} s)")
+            if (score, -nll) > best:
+                best, best_state, since_best = (score, -nll), copy.deepcopy(model.state_dict()), 0
             else:
                 since_best += 1
                 if since_best >= cfg.patience:
@@ -97,7 +109,7 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str) -> di
                     break
     if best_state is not None:
         model.load_state_dict(best_state)
-    history["best_val_score"] = best
+    history["best_val_score"], history["best_val_nll"] = best[0], -best[1]
     model.eval()
     return history
 
@@ -109,8 +121,13 @@ def warmup_cosine(optimizer, total_steps: int, warmup_fraction: float = 0.1):
         optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen, tick) -> tuple[float, int]:
+def train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen, tick,
+                    freeze_bn: bool = False) -> tuple[float, int]:
     model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
     loss_sum, n_seen = 0.0, 0
     for pixels, target in loader:
         x = to_input(pixels)

@@ -42,6 +42,10 @@ def trained(ctx: Context) -> tuple[str, ...]:
     return ("float", "qat") if has_brevitas_qat(ctx) else ("float",)
 
 
+def qat_lr(cfg) -> float:
+    return cfg.qat_lr if cfg.qat_lr is not None else cfg.lr * 0.5
+
+
 def step_train_qat(ctx: Context):
     from quant.checkpoint import save_checkpoint
     from quant.models import create_model, load_float_weights
@@ -60,7 +64,8 @@ def step_train_qat(ctx: Context):
 
         float_model, _ = load_checkpoint(ctx.stage_dir("train") / "float")
     transfer = load_float_weights(model, float_model)
-    hist = fit(model, splits(ctx), r.train, r.train.qat_epochs, r.train.lr * 0.5, r.seed + 1, f"W{r.model.weight_bits}A{r.model.act_bits}")
+    hist = fit(model, splits(ctx), r.train, r.train.qat_epochs, qat_lr(r.train), r.seed + 1,
+               f"W{r.model.weight_bits}A{r.model.act_bits}", freeze_bn_from=r.train.qat_freeze_bn_after)
     save_checkpoint(ctx.stage_dir("train") / "qat", model, {"model": args, "history": hist,
                                                              "init_from_float": {"loaded": len(transfer.loaded),
                                                                                  "quantizer_keys_new": len(transfer.quantizer_keys)}})

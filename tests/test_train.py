@@ -1,0 +1,51 @@
+"""The training loop's selection rule and its QAT BatchNorm freeze, on a small synthetic set."""
+import numpy as np
+import pytest
+import torch
+
+from qdeploy.recipe import DatasetConfig, TrainConfig
+from quant.data.splits import load_splits
+from quant.models import create_model, load_float_weights
+from quant.train import _nll, fit
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    cfg = DatasetConfig(kind="synthetic", size=(16, 16), num_images=120, path=None)
+    return load_splits(cfg, 0, tmp_path_factory.mktemp("data"))
+
+
+def _bn_stats(model):
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in model.modules()
+            if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def test_frozen_batchnorm_keeps_its_statistics_while_weights_train(small, one_torch_thread):
+    torch.manual_seed(0)
+    model = create_model("resnet8", 2, (16, 16), width=0.5, quantized=False)
+    before, weights = _bn_stats(model), model.fc.weight.detach().clone()
+    fit(model, small, TrainConfig(patience=5), epochs=2, lr=1e-2, seed=0, label="frozen", freeze_bn_from=0)
+    assert all(torch.equal(a, b) and torch.equal(c, d) for (a, c), (b, d) in zip(before, _bn_stats(model)))
+    assert not torch.equal(weights, model.fc.weight)  # it did train
+    fit(model, small, TrainConfig(patience=5), epochs=1, lr=1e-2, seed=0, label="live")
+    assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(before, _bn_stats(model)))
+
+
+def test_brevitas_qat_with_frozen_batchnorm_from_a_float_model(small, one_torch_thread):
+    torch.manual_seed(0)
+    float_model = create_model("resnet8", 2, (16, 16), width=0.5, quantized=False)
+    fit(float_model, small, TrainConfig(patience=5), epochs=1, lr=1e-2, seed=0, label="float")
+    qat = create_model("resnet8", 2, (16, 16), width=0.5)
+    load_float_weights(qat, float_model)
+    before = _bn_stats(qat)
+    hist = fit(qat, small, TrainConfig(patience=5), epochs=2, lr=1e-3, seed=1, label="qat", freeze_bn_from=1)
+    after = _bn_stats(qat)
+    assert not all(torch.equal(a, b) for (a, _), (b, _) in zip(before, after))  # epoch 1 still updated them
+    assert len(hist["epochs"]) == 2 and np.isfinite(hist["best_val_nll"])
+
+
+def test_the_tie_breaker_is_the_mean_cross_entropy():
+    labels = np.array([0, 1, 1])
+    assert _nll(np.zeros((3, 2), np.float32), labels) == pytest.approx(np.log(2))
+    confident = np.array([[4.0, -4.0], [-4.0, 4.0], [-4.0, 4.0]], dtype=np.float32)
+    assert _nll(confident, labels) == pytest.approx(np.log1p(np.exp(-8.0)), rel=1e-4)
