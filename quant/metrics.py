@@ -126,4 +126,6 @@ def agreement(a_logits: np.ndarray, b_logits: np.ndarray) -> dict:
         "max_abs_diff_rel": float(d.max() / scale) if d.size else 0.0,
         "logit_scale": scale,
         "flipped_indices": flips[:20].tolist(),
+        # how close each flipped image was to a tie in `a` (top-1 minus top-2 logit)
+        "flipped_margins": [round(float(m), 6) for m in np.diff(np.sort(a[flips[:20]], axis=1)[:, -2:], axis=1)[:, 0]],
     }

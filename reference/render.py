@@ -95,6 +95,9 @@ def _agree(ag: dict | None) -> str:
         return "–"
     a, n = ag.get("argmax_agreement"), ag.get("n")
     flips = f" ({round((1 - a) * n)} flips)" if a is not None and n and a < 1 else ""
+    shown = list(zip(ag.get("flipped_indices") or [], ag.get("flipped_margins") or []))
+    if shown:  # which test images flipped, and how near a tie each was in the reference
+        flips += ": " + ", ".join(f"#{i} at margin {m:.3g}" for i, m in shown[:5]) + (" ..." if len(shown) > 5 else "")
     return _pct(a) + flips
 
 

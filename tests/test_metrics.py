@@ -51,4 +51,4 @@ def test_agreement_counts_flips():
     b[1] = [1.0, 0.5]
     ag = metrics.agreement(a, b)
     assert ag["argmax_agreement"] == pytest.approx(2 / 3) and ag["flipped_indices"] == [1]
-    assert ag["max_abs_diff"] == 1.0
+    assert ag["max_abs_diff"] == 1.0 and ag["flipped_margins"] == [1.0]  # a[1]: 1.0 - 0.0
