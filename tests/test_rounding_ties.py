@@ -76,3 +76,13 @@ def test_the_report_names_the_images_that_differ_at_ties():
     md = to_markdown(build_blocks({"models": models}, {}))
     assert "2 of 360 test images differ from the QAT model; 1 of them" in md
     assert "#9, #13" in md and "not at a tie: #13" in md
+
+
+def test_a_difference_that_is_all_ties_blames_no_node():
+    all_ties = {"n": 360, "n_differing": 18, "n_ties": 18, "max_abs_diff_rel_unexplained": 0.0, "unexplained": []}
+    models = _fpga(all_ties)
+    models["fpga"]["extra"]["first_divergent_node"] = "MVAU_0 in stage preprocess"
+    for cfg in (GateConfig(), GateConfig(fpga_allow_float32_ties=True)):
+        assert "MVAU_0" not in evaluate_gates(models, cfg)[0]["message"]
+    models["fpga"]["extra"]["float32_ties"] = {**all_ties, "n_ties": 17, "unexplained": [5]}
+    assert "MVAU_0" in evaluate_gates(models, GateConfig())[0]["message"]
