@@ -8,12 +8,18 @@ cleaned up (constant folding, unique names) with inferred shapes. Export is dete
 the same weights give the same bytes (trace input fixed, model in eval mode, tensor names
 from cleanup, no producer version or doc strings that could vary).
 
+The model is traced in float64 and written as an ordinary float32 graph whose float
+initializers also carry their float64 values (quant/float64_values.py): FINN derives its
+integer thresholds from those, so the FPGA design matches the model evaluated exactly
+(`predict(..., float64=True)`), not one float32 rounding of it.
+
 It uses torch's TorchScript exporter (dynamo=False): 2-3x faster here than the dynamo one,
 it writes the head's flatten as a batch-agnostic Flatten (dynamo: Reshape to [1, C]), and
 it is the graph finn-plus 1.6.1 was checked to lower fully (resnet8, effnet_lite).
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +28,7 @@ from torch import nn
 
 from qdeploy.atomic import atomic_path
 from qdeploy.errors import UserError
+from quant import float64_values
 
 
 def export_qonnx(model: nn.Module, in_size: tuple[int, int], path: str | Path) -> Path:
@@ -40,21 +47,21 @@ def export_qonnx(model: nn.Module, in_size: tuple[int, int], path: str | Path) -
         raise UserError(f"export_qonnx: in_size {tuple(in_size)} differs from the {built} the model was built for "
                         f"(its global pool covers exactly that map)")
     path = Path(path)
-    was_training = model.training
-    model.eval()
-    try:
-        with atomic_path(path) as tmp, torch.no_grad():
-            brevitas_export(model, input_t=torch.zeros(1, 1, *in_size), export_path=str(tmp), dynamo=False)
-            wrapper = cleanup_model(ModelWrapper(str(tmp)))
+    exact = copy.deepcopy(model).double().eval()  # traced in float64: see quant/float64_values.py
+    with atomic_path(path) as tmp, torch.no_grad():
+        brevitas_export(exact, input_t=torch.zeros(1, 1, *in_size, dtype=torch.float64), export_path=str(tmp),
+                        dynamo=False)
+        proto = onnx.load(str(tmp))
+        float64_values.demote(proto)
+        with float64_values.float64_initializers():
+            wrapper = cleanup_model(ModelWrapper(proto))
             wrapper = wrapper.transform(InferShapes())
-            proto = wrapper.model
-            proto.producer_version = ""
-            proto.doc_string = ""
-            for node in proto.graph.node:
-                node.doc_string = ""
-            onnx.save(proto, str(tmp))
-    finally:
-        model.train(was_training)
+        proto = wrapper.model
+        proto.producer_version = ""
+        proto.doc_string = ""
+        for node in proto.graph.node:
+            node.doc_string = ""
+        onnx.save(proto, str(tmp))
     return path
 
 

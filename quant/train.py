@@ -43,13 +43,18 @@ def _loader(imageset, cfg, gen: torch.Generator, train: bool) -> DataLoader:
 
 
 @torch.no_grad()
-def predict(model, imageset, batch_size: int = 256) -> np.ndarray:
-    """float32 logits [N, C] of `model` over the whole set, in order."""
+def predict(model, imageset, batch_size: int = 256, float64: bool = False) -> np.ndarray:
+    """Logits [N, C] of `model` over the whole set, in order: float32, or float64 computed in
+    float64 (a copy of the model), the reference an integer target must match exactly."""
+    if float64:
+        model = copy.deepcopy(model).double()
     model.eval()
     out = []
-    for pixels, _ in DataLoader(imageset, batch_size=batch_size, shuffle=False, num_workers=0):
-        out.append(torch.as_tensor(model(to_input(pixels))).float().numpy())
-    return np.concatenate(out)
+    with torch.no_grad():
+        for pixels, _ in DataLoader(imageset, batch_size=batch_size, shuffle=False, num_workers=0):
+            x = to_input(pixels)
+            out.append(torch.as_tensor(model(x.double() if float64 else x)).numpy())
+    return np.concatenate(out).astype(np.float64 if float64 else np.float32)
 
 
 def _score(m: dict) -> float:

@@ -32,6 +32,7 @@ from compilers.finn import steps as S
 from compilers.finn.env import ensure_finn, finn_build_dir, tool_environment, vivado_available
 from qdeploy.atomic import write_json, write_text
 from qdeploy.errors import UserError
+from quant import float64_values
 
 Step = Callable[[Any, S.FlowConfig], Any]
 
@@ -52,6 +53,7 @@ STEPS: tuple[Step, ...] = (
     S.hw_codegen,
 )
 PARTITION_STEP = "create_dataflow_partition"
+EXACT_UNTIL = "convert_to_hw"  # its RoundAndClipThresholds makes every threshold an integer
 
 
 @dataclass
@@ -83,13 +85,25 @@ class FinnResult:
 
 
 def run_steps(model, cfg: S.FlowConfig, steps: Sequence[Step] = STEPS, log: Callable[[str], None] = print):
-    """Run `steps` in order; save each stage's model and the step times. Returns the last model."""
+    """Run `steps` in order; save each stage's model and the step times. Returns the last model.
+
+    Up to and including `EXACT_UNTIL` (where thresholds become integers) the transformations
+    compute on float64 initializer values (quant/float64_values.py); then those are dropped.
+    """
     times: dict[str, float] = {}
+    names = [s.__name__ for s in steps]
+    exact_until = names.index(EXACT_UNTIL) if EXACT_UNTIL in names else -1
     for i, step in enumerate(steps, 1):
         name = step.__name__
         log(f"finn [{i}/{len(steps)}] {name}")
         t0 = time.perf_counter()
-        model = step(model, cfg)
+        if i - 1 <= exact_until:
+            with float64_values.float64_initializers():
+                model = step(model, cfg)
+            if i - 1 == exact_until:
+                float64_values.strip(model.model)
+        else:
+            model = step(model, cfg)
         times[name] = round(time.perf_counter() - t0, 3)
         S.save_model(model, cfg.intermediate_dir / f"{name}.onnx")
         write_text(cfg.out_dir / "time_per_step.json", json.dumps(times, indent=2) + "\n")  # in step order

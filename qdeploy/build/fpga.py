@@ -73,12 +73,16 @@ def step_lower(ctx: Context):
 
 
 def _brevitas_logits(model, pixels):
+    """The QAT model's logits computed in float64: what FINN's integer design must reproduce."""
+    import copy
+
     import torch
 
     from quant.preprocess import to_input
 
+    exact = copy.deepcopy(model).double().eval()
     with torch.no_grad():
-        return torch.cat([torch.as_tensor(model(to_input(pixels[i:i + 256]))) for i in range(0, len(pixels), 256)]).numpy()
+        return torch.cat([exact(to_input(pixels[i:i + 256]).double()) for i in range(0, len(pixels), 256)]).numpy()
 
 
 def _print_summary(s: dict) -> None:

@@ -1,0 +1,115 @@
+"""Exact (float64) values of a QONNX graph's float32 initializers, carried in the file.
+
+Why: the FPGA computes integer accumulators exactly and compares them with integer
+thresholds. FINN derives those thresholds from the graph's scales, BatchNorm parameters and
+quantizer settings with numpy arithmetic on float32 initializers; a threshold that lands
+within a few float32 ulps of an integer is rounded the wrong way, and the design then
+differs from the trained model on activations that sit on a rounding boundary. Deriving
+the thresholds in float64 from float64 values removes that (a boundary would have to be
+within ~1e-13 of an integer; none is, see reference/rounding_ties.py).
+
+How: the export traces the Brevitas model in float64 and writes an ordinary float32 QONNX
+file (what every ONNX/QONNX tool reads); each float initializer's `doc_string` holds its
+float64 value (`TAG` + base64). `float64_initializers()` makes qonnx's
+ModelWrapper.get_initializer return the float64 value (or the float32 value widened) and
+set_initializer keep a float64 result as float32 data plus its float64 doc_string, so graph
+transformations (FINN's streamlining) compute in float64 while the graph stays float32.
+A stale doc_string (its float64 value no longer rounds to the data) is ignored.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+from typing import Iterator
+
+import numpy as np
+
+TAG = "qdeploy.float64:"
+
+
+def attach(init, value: np.ndarray) -> None:
+    """Write float64 `value` into TensorProto `init` as float32 data plus its doc_string."""
+    from onnx import numpy_helper
+
+    value = np.array(value, dtype=np.float64, order="C")  # (ascontiguousarray would make a scalar 1-d)
+    init.CopyFrom(_with_name(numpy_helper.from_array(value.astype(np.float32)), init.name))
+    init.doc_string = TAG + base64.b64encode(value.tobytes()).decode("ascii")
+
+
+def _with_name(proto, name: str):
+    proto.name = name
+    return proto
+
+
+def read(init, data: np.ndarray) -> np.ndarray | None:
+    """The float64 value recorded in `init` when it still rounds to its float32 `data`, else None."""
+    if not init.doc_string.startswith(TAG):
+        return None
+    value = np.frombuffer(base64.b64decode(init.doc_string[len(TAG):]), dtype=np.float64)
+    if value.size != data.size:
+        return None
+    value = value.reshape(data.shape)
+    return value.copy() if np.array_equal(value.astype(np.float32), data) else None
+
+
+def demote(proto) -> None:
+    """Make a float64 ONNX graph float32 in place, keeping every float64 initializer's value."""
+    from onnx import TensorProto, numpy_helper
+
+    g = proto.graph
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.tensor_type.elem_type == TensorProto.DOUBLE:
+            vi.type.tensor_type.elem_type = TensorProto.FLOAT
+    for init in g.initializer:
+        if init.data_type == TensorProto.DOUBLE:
+            attach(init, numpy_helper.to_array(init))
+    for node in g.node:  # Constant nodes and Cast targets
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == TensorProto.DOUBLE:
+                attr.i = TensorProto.FLOAT
+            if attr.type == attr.TENSOR and attr.t.data_type == TensorProto.DOUBLE:
+                attr.t.CopyFrom(_with_name(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32)),
+                                           attr.t.name))
+
+
+def strip(proto) -> None:
+    """Remove the recorded float64 values (once no transformation needs them)."""
+    for init in proto.graph.initializer:
+        if init.doc_string.startswith(TAG):
+            init.doc_string = ""
+
+
+def count(proto) -> int:
+    """How many initializers carry a float64 value."""
+    return sum(init.doc_string.startswith(TAG) for init in proto.graph.initializer)
+
+
+@contextlib.contextmanager
+def float64_initializers() -> Iterator[None]:
+    """Within: qonnx ModelWrapper initializers are float64 to transformations (see module doc)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.basic import get_by_name
+
+    get, set_ = ModelWrapper.get_initializer, ModelWrapper.set_initializer
+
+    def get_initializer(self, tensor_name, return_dtype=False):
+        out = get(self, tensor_name, return_dtype)
+        data = out[0] if return_dtype else out
+        if data is None or data.dtype != np.float32:
+            return out
+        exact = read(get_by_name(self.graph.initializer, tensor_name), data)
+        value = data.astype(np.float64) if exact is None else exact
+        return (value, out[1]) if return_dtype else value
+
+    def set_initializer(self, tensor_name, tensor_value):
+        value = np.asarray(tensor_value)
+        if value.dtype != np.float64:
+            return set_(self, tensor_name, tensor_value)
+        set_(self, tensor_name, value.astype(np.float32))
+        attach(get_by_name(self.graph.initializer, tensor_name), value)
+
+    ModelWrapper.get_initializer, ModelWrapper.set_initializer = get_initializer, set_initializer
+    try:
+        yield
+    finally:
+        ModelWrapper.get_initializer, ModelWrapper.set_initializer = get, set_

@@ -1,0 +1,109 @@
+"""Float64 initializer values carried in a float32 QONNX file: recorded, read back, ignored
+when stale, and used by FINN's own streamlining so an integer threshold lands where exact
+arithmetic puts it (float32 arithmetic puts this one a step off)."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from quant import float64_values
+
+# x (integer) -> Mul(a) -> Add(b) -> MultiThreshold(T): output 1 where a*x + b >= T.
+# FINN absorbs the Add and the Mul: integer threshold ceil((T - b) / a). With these values
+# (T - b) / a is 1e-9 above 7 in float64 (x = 7 is below the threshold), while float32
+# arithmetic on the same parameters gives exactly 7.0 (x = 7 would pass).
+A, B = 0.1, 0.0
+T = 0.7000000001
+
+
+def _graph(values: dict) -> onnx.ModelProto:
+    nodes = [helper.make_node("Mul", ["x", "a"], ["xa"]),
+             helper.make_node("Add", ["xa", "b"], ["xab"]),
+             helper.make_node("MultiThreshold", ["xab", "t"], ["y"], domain="qonnx.custom_op.general",
+                              out_dtype="UINT1")]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1]) for n in ("x", "y")]
+    inits = [numpy_helper.from_array(np.asarray(v, dtype=np.float64).reshape(shape), name)
+             for name, v, shape in (("a", values["a"], ()), ("b", values["b"], ()), ("t", values["t"], (1, 1)))]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13),
+                                                   helper.make_opsetid("qonnx.custom_op.general", 1)])
+
+
+def _streamlined_threshold(proto, exact: bool) -> float:
+    from compilers.finn.env import ensure_finn
+
+    ensure_finn()
+    from finn.transformation.streamline.absorb import AbsorbAddIntoMultiThreshold, AbsorbMulIntoMultiThreshold
+    from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
+    from qonnx.core.datatype import DataType
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    def run():
+        model = ModelWrapper(proto)
+        model.set_tensor_datatype("x", DataType["INT8"])
+        for t in (AbsorbAddIntoMultiThreshold(), AbsorbMulIntoMultiThreshold()):
+            model = model.transform(t)
+        assert [n.op_type for n in model.graph.node] == ["MultiThreshold"]
+        model = model.transform(RoundAndClipThresholds())
+        return float(model.get_initializer(model.graph.node[0].input[1]).item())
+
+    if not exact:
+        return run()
+    with float64_values.float64_initializers():
+        return run()
+
+
+def _demoted(strip: bool = False) -> onnx.ModelProto:
+    proto = _graph({"a": A, "b": B, "t": T})
+    float64_values.demote(proto)
+    if strip:
+        float64_values.strip(proto)
+    return proto
+
+
+def test_demote_keeps_float64_values_and_makes_a_float32_graph():
+    proto = _demoted()
+    assert all(i.data_type == TensorProto.FLOAT for i in proto.graph.initializer)
+    assert float64_values.count(proto) == 3
+    t = next(i for i in proto.graph.initializer if i.name == "t")
+    data = numpy_helper.to_array(t)
+    assert data.dtype == np.float32 and data.item() == np.float32(T)
+    assert float64_values.read(t, data).item() == T  # not float32(T)
+    onnx.checker.check_model(proto)
+
+
+def test_a_stale_value_is_ignored():
+    proto = _demoted()
+    t = next(i for i in proto.graph.initializer if i.name == "t")
+    changed = np.full((1, 1), 0.5, dtype=np.float32)
+    assert float64_values.read(t, changed) is None  # the data changed: the float64 value no longer applies
+    assert float64_values.read(t, numpy_helper.to_array(t)) is not None
+
+
+def test_streamlining_in_float64_puts_the_threshold_where_exact_arithmetic_does():
+    exact_threshold = np.ceil((T - B) / A)
+    assert exact_threshold == 8.0 and 7 * A + B < T  # x = 7 is below T in float64
+
+    assert _streamlined_threshold(_demoted(), exact=True) == exact_threshold
+    # the same file without its float64 values, or float32 arithmetic: the threshold is 7
+    assert _streamlined_threshold(_demoted(strip=True), exact=True) == 7.0
+    assert _streamlined_threshold(_demoted(), exact=False) == 7.0
+
+
+def test_the_context_restores_qonnx_and_records_float64_results():
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    get, set_ = ModelWrapper.get_initializer, ModelWrapper.set_initializer
+    model = ModelWrapper(_demoted())
+    with float64_values.float64_initializers():
+        assert model.get_initializer("t").dtype == np.float64
+        model.set_initializer("u", np.array([1 / 3]))
+        assert model.get_initializer("u").item() == 1 / 3
+    assert (ModelWrapper.get_initializer, ModelWrapper.set_initializer) == (get, set_)
+    assert model.get_initializer("u").dtype == np.float32  # the graph itself stays float32
+    assert model.get_initializer("u").item() == pytest.approx(1 / 3, rel=1e-7)
+
+
+def test_scalars_keep_their_shape():
+    proto = _demoted()
+    assert {i.name: list(i.dims) for i in proto.graph.initializer} == {"a": [], "b": [], "t": [1, 1]}
