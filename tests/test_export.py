@@ -112,3 +112,27 @@ def test_check_rejects_inputs_of_another_size(resnet8, resnet8_file):
         check_qonnx(resnet8_file, resnet8, np.zeros((2, 1, 32, 32), np.float32))
     with pytest.raises(UserError, match=r"float \[N,1,H,W\]"):
         check_qonnx(resnet8_file, resnet8, np.zeros((2, 64, 64), np.float32))
+
+
+def test_the_export_carries_float64_values_and_runs_as_the_model_in_float64(resnet8, resnet8_file):
+    from compilers.finn.execute import Executor
+    from qonnx.core.modelwrapper import ModelWrapper
+    from quant import float64_values
+
+    graph = onnx.load(resnet8_file)
+    floats = [i for i in graph.graph.initializer if i.data_type == onnx.TensorProto.FLOAT]
+    assert floats and float64_values.count(graph) == len(floats)  # every float initializer, float32 data
+
+    pixels = _pixels(16, (64, 64))
+    x = torch.from_numpy(to_input_np(pixels))
+    with torch.no_grad():
+        exact = resnet8.double()(x.double()).numpy()
+        resnet8.float()
+        rounded = resnet8(x).double().numpy()
+    ex = Executor(ModelWrapper(str(resnet8_file)))
+    assert ex.float64
+    got = ex.run({ex.input_names[0]: to_input_np(pixels)})[ex.output_names[0]].reshape(exact.shape)
+    assert got.dtype == np.float64
+    scale = np.abs(exact).max()
+    assert np.abs(got - exact).max() <= 1e-12 * scale  # float64 end to end
+    assert np.abs(rounded - exact).max() > 1e-10 * scale  # where float32 is visibly different

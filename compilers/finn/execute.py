@@ -17,6 +17,11 @@ the same order with the same per-node implementations, but on a batch:
   generic op type (`to_generic`), which is what FINN's python simulation means;
 - a StreamingDataflowPartition node runs its partition model recursively.
 
+A graph whose initializers carry float64 values (the export and the float stages of the
+flow up to integer thresholds, quant/float64_values.py) runs in float64 on those values:
+it computes what the model computes exactly, as FINN's integer thresholds do. onnxruntime
+has no float64 Conv or AveragePool; torch runs those two (FLOAT64_OPS).
+
 parity.check_executor compares it with FINN's `execute_onnx` on a few samples of
 every stage; where they disagree the stage runs with `reference_mode=True` (every
 custom node through FINN's own code, one sample at a time).
@@ -35,6 +40,7 @@ from onnx import numpy_helper as nph
 
 from compilers.finn.env import ensure_finn
 from compilers.finn.kernels import KERNELS
+from quant import float64_values
 
 # Custom ops whose python execute_node is batch-agnostic (numpy broadcasting / elementwise).
 BATCH_SAFE = frozenset(
@@ -97,13 +103,21 @@ class Executor:
         self._custom: dict[int, object] = {}
         self._children: dict[int, Executor] = {}
         self._opsets = self.model.get_opset_imports()
-        self._constants = {t.name: nph.to_array(t) for t in self.graph.initializer}
+        self.float64 = float64_values.count(self.model.model) > 0
+        self._constants = {t.name: self._constant(t) for t in self.graph.initializer}
         self._shapes, self._elem = {}, {}
         for vi in list(self.graph.input) + list(self.graph.output) + list(self.graph.value_info):
             self._shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
             self._elem[vi.name] = vi.type.tensor_type.elem_type or onnx.TensorProto.FLOAT
         self._sanitize = _sanitize_enabled()
         self._dtypes = {name: self.model.get_tensor_datatype(name) for name in self._shapes}
+
+    def _constant(self, init) -> np.ndarray:
+        value = nph.to_array(init)
+        if not self.float64 or value.dtype != np.float32:
+            return value
+        exact = float64_values.read(init, value)
+        return value.astype(np.float64) if exact is None else exact
 
     @property
     def input_names(self) -> list[str]:
@@ -121,7 +135,7 @@ class Executor:
         """
         n = next(iter(inputs.values())).shape[0]
         ctx: dict[str, np.ndarray] = dict(self._constants)
-        ctx.update({k: np.asarray(v, dtype=np.float32) for k, v in inputs.items()})
+        ctx.update({k: np.asarray(v, dtype=self._float) for k, v in inputs.items()})
         batched = set(inputs)
         extra: dict[str, np.ndarray] = {}
         clean: set[str] = set()  # tensors sanitized as a node output: unchanged as an input
@@ -165,7 +179,14 @@ class Executor:
                 if k not in child._constants:
                     extra[k] = v
 
+    @property
+    def _float(self):
+        return np.float64 if self.float64 else np.float32
+
     def _run_standard(self, idx, node, ctx, n):
+        if self.float64 and node.op_type in FLOAT64_OPS:
+            ctx[node.output[0]] = FLOAT64_OPS[node.op_type](node, *(ctx[i] for i in node.input if i))
+            return
         sess = self._sessions.get(idx)
         if sess is None:
             sess = self._sessions[idx] = self._make_session(node, ctx)
@@ -193,9 +214,7 @@ class Executor:
             if name not in self._constants and shape:
                 shape[0] = "N"
             inputs.append(helper.make_tensor_value_info(name, elem, shape))
-        outputs = [
-            helper.make_tensor_value_info(o, self._elem.get(o, onnx.TensorProto.FLOAT), None) for o in node.output if o
-        ]
+        outputs = [helper.make_tensor_value_info(o, self._out_elem(o), None) for o in node.output if o]
         graph = helper.make_graph([node], "single_node", inputs, outputs)
         opset = self._opsets.get(node.domain, self._opsets.get("", 13))
         proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -206,6 +225,10 @@ class Executor:
         opts.log_severity_level = 3
         return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
+    def _out_elem(self, name):
+        elem = self._elem.get(name, onnx.TensorProto.FLOAT)
+        return onnx.TensorProto.DOUBLE if self.float64 and elem == onnx.TensorProto.FLOAT else elem
+
     def _run_custom(self, idx, node, ctx, batched, n):
         inst = self._custom.get(idx)
         if inst is None:
@@ -213,12 +236,22 @@ class Executor:
 
             inst = self._custom[idx] = getCustomOp(node)
         outs = [o for o in node.output if o]
+        if self.float64 and node.op_type == "Quant":  # qonnx's execute_node casts to float32
+            ctx[outs[0]] = _int_quant(inst, *(ctx[i] for i in node.input))
+            return
+        if self.float64 and node.op_type in FLOAT32_ONLY:
+            local = {i: np.asarray(ctx[i], dtype=np.float32) for i in node.input if i}
+            local.update({o: np.zeros([n] + self._shapes[o][1:], dtype=np.float32) for o in outs})
+            inst.execute_node(local, self.graph)
+            for o in outs:
+                ctx[o] = local[o].astype(np.float64)
+            return
         kernel = None if self.reference_mode else KERNELS.get(node.op_type)
         if kernel is not None and kernel(inst, node, ctx, self.graph):
             return
         if node.op_type in BATCH_SAFE and not self.reference_mode:
             for o in outs:
-                ctx[o] = np.zeros([n] + self._shapes[o][1:], dtype=np.float32)
+                ctx[o] = np.zeros([n] + self._shapes[o][1:], dtype=self._float)
             inst.execute_node(ctx, self.graph)
             return
         results = {o: [] for o in outs}
@@ -228,7 +261,7 @@ class Executor:
                 if name:
                     local[name] = ctx[name][i : i + 1] if name in batched else ctx[name]
             for o in outs:
-                local[o] = np.zeros(self._shapes[o], dtype=np.float32)
+                local[o] = np.zeros(self._shapes[o], dtype=self._float)
             local[""] = None
             inst.execute_node(local, self.graph)
             for o in outs:
@@ -258,6 +291,54 @@ class Executor:
             if err > get_execution_error_thresh():
                 raise ValueError(f"tensor {name}: rounding error {err:g} too high for its datatype {dtype.name}")
             ctx[name] = rounded
+
+
+def _attrs(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _conv(node, x, w, b=None):
+    """ONNX Conv (2D, NOTSET padding) in float64 with torch."""
+    import torch
+    import torch.nn.functional as F
+
+    a = _attrs(node)
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or x.ndim != 4:
+        raise NotImplementedError(f"float64 Conv {node.name}: only 2D convolutions with explicit pads")
+    top, left, bottom, right = a.get("pads", [0, 0, 0, 0])
+    xt = F.pad(torch.from_numpy(np.ascontiguousarray(x)), (left, right, top, bottom))
+    y = F.conv2d(xt, torch.from_numpy(np.ascontiguousarray(w)), None if b is None else torch.from_numpy(b),
+                 stride=tuple(a.get("strides", [1, 1])), dilation=tuple(a.get("dilations", [1, 1])),
+                 groups=a.get("group", 1))
+    return y.numpy()
+
+
+def _average_pool(node, x):
+    """ONNX AveragePool (2D, no padding) in float64 with torch."""
+    import torch
+    import torch.nn.functional as F
+
+    a = _attrs(node)
+    if any(a.get("pads", [0])) or a.get("ceil_mode", 0) or x.ndim != 4:
+        raise NotImplementedError(f"float64 AveragePool {node.name}: only 2D pooling without padding")
+    k = tuple(a["kernel_shape"])
+    return F.avg_pool2d(torch.from_numpy(np.ascontiguousarray(x)), k, tuple(a.get("strides", k))).numpy()
+
+
+def _int_quant(inst, x, scale, zeropt, bitwidth):
+    """qonnx's Quant without its cast of the result to float32."""
+    from qonnx.custom_op.general.intquant import int_quant
+
+    attrs = (inst.get_nodeattr(a) for a in ("signed", "narrow", "rounding_mode"))
+    return np.asarray(int_quant(x, scale, zeropt, bitwidth, *attrs), dtype=np.float64)
+
+
+# Custom ops that only run in float32 (onnxruntime inside): QuantAvgPool2d takes integers
+# (up to the rounding of a scale and its inverse) and rounds its window sum to an integer.
+FLOAT32_ONLY = {"QuantAvgPool2d"}
+
+# Standard ops onnxruntime cannot run in float64.
+FLOAT64_OPS = {"Conv": _conv, "AveragePool": _average_pool}
 
 
 def _widen_reshape_target(shape: np.ndarray, n: int) -> np.ndarray:
