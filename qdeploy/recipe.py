@@ -106,9 +106,6 @@ class GpuConfig(_Section):
 
 class GateConfig(_Section):
     fpga_bit_exact: bool = True
-    # accept FPGA images that differ only where the Brevitas model has an activation within 4 float32
-    # ulps of a rounding boundary (float32 summation order decides those: reference/rounding_ties.py)
-    fpga_allow_float32_ties: bool = False
     min_agreement: float = Field(0.999, ge=0, le=1)
     max_recall_drop: float = Field(0.01, ge=0, le=1)
 

@@ -13,24 +13,6 @@ def _gate(target, gate, passed, value, limit, message):
             "message": message}
 
 
-def _fpga_exact_gate(ag: dict, ties: dict | None, cfg, where: str) -> dict:
-    """Bit-exact against Brevitas; with gates.fpga_allow_float32_ties, images that differ only
-    where the reference has a float32 rounding tie (reference/rounding_ties.py) are accepted."""
-    if ties and not ties.get("unexplained"):
-        where = ""  # every difference is a tie: no divergent node to blame
-    if ties and cfg.fpga_allow_float32_ties:
-        rel = ties["max_abs_diff_rel_unexplained"]
-        return _gate("fpga", "bit_exact_except_float32_ties", rel <= BIT_EXACT_REL, rel, BIT_EXACT_REL,
-                     f"fpga: {ties['n_differing']} of {ties['n']} images differ from Brevitas, {ties['n_ties']} of "
-                     f"them at float32 rounding ties (accepted); max |d| of the others {rel:.3g} of the logit "
-                     f"scale (limit {BIT_EXACT_REL:g}){where}")
-    rel = ag.get("max_abs_diff_rel", float("inf"))
-    why = (f" ({ties['n_differing']} images differ, {ties['n_ties']} of them at float32 rounding ties: "
-           f"gates.fpga_allow_float32_ties accepts those)") if ties else ""
-    return _gate("fpga", "bit_exact_max_abs_diff_rel", rel <= BIT_EXACT_REL, rel, BIT_EXACT_REL,
-                 f"fpga: max |d| {rel:.3g} of the logit scale vs Brevitas (limit {BIT_EXACT_REL:g}){why}{where}")
-
-
 def evaluate_gates(models: dict, cfg) -> list[dict]:
     """`models` is report["models"]; returns one record per gate checked."""
     gates = []
@@ -41,7 +23,10 @@ def evaluate_gates(models: dict, cfg) -> list[dict]:
         first = (m.get("extra") or {}).get("first_divergent_node")
         where = f"; first divergent node: {first}" if first else ""
         if target == "fpga" and cfg.fpga_bit_exact:
-            gates.append(_fpga_exact_gate(ag, (m.get("extra") or {}).get("float32_ties"), cfg, where))
+            rel = ag.get("max_abs_diff_rel", float("inf"))
+            gates.append(_gate("fpga", "bit_exact_max_abs_diff_rel", rel <= BIT_EXACT_REL, rel, BIT_EXACT_REL,
+                               f"fpga: max |d| {rel:.3g} of the logit scale vs Brevitas in float64 "
+                               f"(limit {BIT_EXACT_REL:g}){where}"))
         # a bit-exact target must agree on every image
         agree = ag.get("argmax_agreement", 0.0)
         limit = 1.0 if target == "fpga" and cfg.fpga_bit_exact else cfg.min_agreement

@@ -218,14 +218,6 @@ def _device_notes(target: str, models: list[tuple[str, dict]]) -> list[str]:
         extra = dict(m.get("extra") or {})
         notes = extra.pop("notes", None) or extra.pop("note", None)
         notes = [notes] if isinstance(notes, str) else list(notes or [])
-        ties = extra.pop("float32_ties", None)
-        if ties:
-            notes.append(f"{ties['n_differing']} of {ties['n']} test images differ from the QAT model; {ties['n_ties']} "
-                         f"of them where the QAT model has an activation within {ties['tie_margin']:.2g} (relative) "
-                         f"of a rounding boundary, which float32 summation order decides (test images "
-                         + ", ".join(f"#{i}" for i in ties["differing"][:10]) + (" ..." if ties["n_differing"] > 10 else "")
-                         + (f"; not at a tie: {', '.join(f'#{i}' for i in ties['unexplained'])}" if ties["unexplained"] else "")
-                         + ")")
         device = str(m.get("device", ""))
         if not notes and m.get("role") == "target":
             if target == "npu" and "npu" not in device.lower():

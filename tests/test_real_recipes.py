@@ -14,10 +14,6 @@ RECIPES = {
     "neu": ("neu_det/images", "accuracy", 0.99, 6),
     "casting": ("casting", "f1", 0.99, 1),
 }
-NEU_NOT_BIT_EXACT = pytest.mark.xfail(
-    strict=True, reason="NEU's FPGA parity is not bit-exact: 18 of 360 images differ by one activation step, "
-                        "each at a float32 rounding tie (the recipe's gate accepts those; docs/RESULTS.md)")
-
 
 _BUILT: dict = {}  # recipe name -> (build root, CLI args): trained and built for npu once per session
 
@@ -49,7 +45,7 @@ def test_recipe_trains_w4a4_to_its_target_and_npu_matches(name, built):
     assert npu["models"]["npu"]["agreement_reference"]["n"] == qat["n"]
 
 
-@pytest.mark.parametrize("name", [pytest.param("neu", marks=NEU_NOT_BIT_EXACT), "casting"])
+@pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_deploys_bit_exact_to_the_fpga_and_reports(name, built):
     root, args = built(name)
     assert main(["build", "--target", "fpga", *args]) == 0
