@@ -236,22 +236,24 @@ class Executor:
 
             inst = self._custom[idx] = getCustomOp(node)
         outs = [o for o in node.output if o]
-        if self.float64 and node.op_type == "Quant":  # qonnx's execute_node casts to float32
+        if not self.float64 or node.op_type in FLOAT64_CUSTOM:
+            return self._run_custom_as_is(inst, node, ctx, batched, n, outs, self._float)
+        if node.op_type == "Quant":  # qonnx's execute_node casts to float32
             ctx[outs[0]] = _int_quant(inst, *(ctx[i] for i in node.input))
             return
-        if self.float64 and node.op_type in FLOAT32_ONLY:
-            local = {i: np.asarray(ctx[i], dtype=np.float32) for i in node.input if i}
-            local.update({o: np.zeros([n] + self._shapes[o][1:], dtype=np.float32) for o in outs})
-            inst.execute_node(local, self.graph)
-            for o in outs:
-                ctx[o] = local[o].astype(np.float64)
-            return
+        # float32 inside: give it float32 operands, widen what it returns
+        view = dict(ctx)
+        view.update({i: np.asarray(ctx[i], dtype=np.float32) for i in node.input if i})
+        self._run_custom_as_is(inst, node, view, batched, n, outs, np.float32)
+        ctx.update({o: np.asarray(view[o], dtype=np.float64) for o in outs})
+
+    def _run_custom_as_is(self, inst, node, ctx, batched, n, outs, dtype):
         kernel = None if self.reference_mode else KERNELS.get(node.op_type)
         if kernel is not None and kernel(inst, node, ctx, self.graph):
             return
         if node.op_type in BATCH_SAFE and not self.reference_mode:
             for o in outs:
-                ctx[o] = np.zeros([n] + self._shapes[o][1:], dtype=self._float)
+                ctx[o] = np.zeros([n] + self._shapes[o][1:], dtype=dtype)
             inst.execute_node(ctx, self.graph)
             return
         results = {o: [] for o in outs}
@@ -261,7 +263,7 @@ class Executor:
                 if name:
                     local[name] = ctx[name][i : i + 1] if name in batched else ctx[name]
             for o in outs:
-                local[o] = np.zeros(self._shapes[o], dtype=self._float)
+                local[o] = np.zeros(self._shapes[o], dtype=dtype)
             local[""] = None
             inst.execute_node(local, self.graph)
             for o in outs:
@@ -333,9 +335,9 @@ def _int_quant(inst, x, scale, zeropt, bitwidth):
     return np.asarray(int_quant(x, scale, zeropt, bitwidth, *attrs), dtype=np.float64)
 
 
-# Custom ops that only run in float32 (onnxruntime inside): QuantAvgPool2d takes integers
-# (up to the rounding of a scale and its inverse) and rounds its window sum to an integer.
-FLOAT32_ONLY = {"QuantAvgPool2d"}
+# Custom ops whose python execution keeps float64. The others (QuantAvgPool2d, MaxPoolNHWC,
+# the fpgadataflow ops: onnxruntime or float32 inside) run in float32 on integer operands.
+FLOAT64_CUSTOM = {"MultiThreshold", "Trunc", "Im2Col"}
 
 # Standard ops onnxruntime cannot run in float64.
 FLOAT64_OPS = {"Conv": _conv, "AveragePool": _average_pool}
