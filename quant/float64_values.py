@@ -73,6 +73,15 @@ def demote(proto) -> None:
                                            attr.t.name))
 
 
+def widen(proto) -> None:
+    """Record the float32 value itself as the float64 value of every float initializer without one."""
+    from onnx import TensorProto, numpy_helper
+
+    for init in proto.graph.initializer:
+        if init.data_type == TensorProto.FLOAT and not init.doc_string.startswith(TAG):
+            attach(init, numpy_helper.to_array(init))
+
+
 def strip(proto) -> None:
     """Remove the recorded float64 values (once no transformation needs them)."""
     for init in proto.graph.initializer:

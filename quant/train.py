@@ -50,10 +50,9 @@ def predict(model, imageset, batch_size: int = 256, float64: bool = False) -> np
         model = copy.deepcopy(model).double()
     model.eval()
     out = []
-    with torch.no_grad():
-        for pixels, _ in DataLoader(imageset, batch_size=batch_size, shuffle=False, num_workers=0):
-            x = to_input(pixels)
-            out.append(torch.as_tensor(model(x.double() if float64 else x)).numpy())
+    for pixels, _ in DataLoader(imageset, batch_size=batch_size, shuffle=False, num_workers=0):
+        x = to_input(pixels)
+        out.append(torch.as_tensor(model(x.double() if float64 else x)).numpy())
     return np.concatenate(out).astype(np.float64 if float64 else np.float32)
 
 

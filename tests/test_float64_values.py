@@ -107,3 +107,16 @@ def test_the_context_restores_qonnx_and_records_float64_results():
 def test_scalars_keep_their_shape():
     proto = _demoted()
     assert {i.name: list(i.dims) for i in proto.graph.initializer} == {"a": [], "b": [], "t": [1, 1]}
+
+
+def test_widen_records_float32_values_and_keeps_float64_ones():
+    proto = _demoted()
+    t = next(i for i in proto.graph.initializer if i.name == "t")
+    float64_values.strip(proto)
+    float64_values.widen(proto)
+    assert float64_values.count(proto) == 3
+    assert float64_values.read(t, numpy_helper.to_array(t)).item() == float(np.float32(T))  # float32's own value
+    exact = _demoted()
+    float64_values.widen(exact)
+    t = next(i for i in exact.graph.initializer if i.name == "t")
+    assert float64_values.read(t, numpy_helper.to_array(t)).item() == T  # not overwritten

@@ -158,6 +158,7 @@ def lower(
         raise UserError(f"target_fps must be > 0 and budget in (0, 1], got {target_fps} and {budget}")
     qonnx_path = Path(qonnx_path)
     model = load_qonnx(qonnx_path)
+    float64_values.widen(model.model)  # a graph from elsewhere: its float32 values, exactly
     check_lowerable(model, source=qonnx_path.name)
     if samples_uint8 is not None:
         samples_uint8, reference_logits = parity_inputs(model, samples_uint8, reference_logits, parity_batch)
