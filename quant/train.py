@@ -44,13 +44,18 @@ def _loader(imageset, cfg, gen: torch.Generator, train: bool) -> DataLoader:
 
 @torch.no_grad()
 def predict(model, imageset, batch_size: int = 256, float64: bool = False) -> np.ndarray:
-    """Logits [N, C] of `model` over the whole set, in order: float32, or float64 computed in
-    float64 (a copy of the model), the reference an integer target must match exactly."""
+    """Logits [N, C] of `model` over an ImageSet (or uint8 pixels [N, 1, H, W]), in order:
+    float32, or float64 computed in float64 (a copy of the model), the reference an integer
+    target must match exactly."""
     if float64:
         model = copy.deepcopy(model).double()
     model.eval()
+    if isinstance(imageset, np.ndarray):
+        batches = (imageset[i:i + batch_size] for i in range(0, len(imageset), batch_size))
+    else:
+        batches = (pixels for pixels, _ in DataLoader(imageset, batch_size=batch_size, shuffle=False, num_workers=0))
     out = []
-    for pixels, _ in DataLoader(imageset, batch_size=batch_size, shuffle=False, num_workers=0):
+    for pixels in batches:
         x = to_input(pixels)
         out.append(torch.as_tensor(model(x.double() if float64 else x)).numpy())
     return np.concatenate(out).astype(np.float64 if float64 else np.float32)

@@ -55,7 +55,7 @@ def step_lower(ctx: Context):
 
     pixels = parity_pixels(ctx)
     model, _ = qat_checkpoint(ctx)
-    reference = _brevitas_logits(model, pixels)
+    reference = predict(model, pixels, float64=True)  # what FINN's integer design must reproduce
     result = lower(ctx.stage_dir("export") / "model.qonnx.onnx", ctx.stage_dir(STAGE), part, r.clock_mhz,
                    r.target_fps, r.budget, samples_uint8=pixels, reference_logits=reference, folding=fold_and_compare,
                    log=lambda msg: console.print(f"  {msg}"))
@@ -70,19 +70,6 @@ def step_lower(ctx: Context):
     summary["resources"] = result.resources
     write_json(ctx.stage_dir(STAGE) / "fpga_summary.json", summary)
     _print_summary(summary)
-
-
-def _brevitas_logits(model, pixels):
-    """The QAT model's logits computed in float64: what FINN's integer design must reproduce."""
-    import copy
-
-    import torch
-
-    from quant.preprocess import to_input
-
-    exact = copy.deepcopy(model).double().eval()
-    with torch.no_grad():
-        return torch.cat([exact(to_input(pixels[i:i + 256]).double()) for i in range(0, len(pixels), 256)]).numpy()
 
 
 def _print_summary(s: dict) -> None:
