@@ -54,6 +54,10 @@ def golden(ctx: Context) -> list[Twin]:
     return out
 
 
+def _int8_kind(section) -> str:
+    return "QAT" if section.qat_epochs else "post-training"
+
+
 def npu(ctx: Context) -> list[Twin]:
     from qdeploy.build.int8 import load_int8
     from quant.train import predict
@@ -62,7 +66,8 @@ def npu(ctx: Context) -> list[Twin]:
 
     r = ctx.recipe
     qmodel, meta = load_int8(ctx, "npu")
-    ref = Twin("npu_qat", "NNCF INT8 QAT (OpenVINO layout)", "qat", predict(qmodel, splits(ctx).test),
+    label = f"NNCF INT8 {_int8_kind(ctx.recipe.npu)} (OpenVINO layout)"
+    ref = Twin("npu_qat", label, "qat", predict(qmodel, splits(ctx).test),
                meta["threshold"], "pytorch+nncf", "cpu", "int8 fake-quant", target="npu")
     runner = OpenVINORunner(ctx.stage_dir("npu") / "model.xml", select_device(r.npu.device),
                             precision_hint=r.npu.precision_hint, batch=1)
@@ -86,7 +91,8 @@ def gpu(ctx: Context) -> list[Twin]:
 
     qmodel, meta = load_int8(ctx, "gpu")
     d = ctx.stage_dir("gpu")
-    ref = Twin("gpu_qat", "NNCF INT8 QAT (TensorRT layout)", "qat", predict(qmodel, splits(ctx).test),
+    label = f"NNCF INT8 {_int8_kind(ctx.recipe.gpu)} (TensorRT layout)"
+    ref = Twin("gpu_qat", label, "qat", predict(qmodel, splits(ctx).test),
                meta["threshold"], "pytorch+nncf", "cpu", "int8 fake-quant", target="gpu")
     runner = OrtRunner(d / "model.qdq.onnx", exact_qdq=True)
     engine = d / "engine.json"

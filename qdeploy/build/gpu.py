@@ -1,5 +1,5 @@
-"""Stage `gpu`: NNCF INT8 QAT in TensorRT's layout -> QDQ ONNX -> layout check ->
-onnxruntime parity -> TensorRT engine where TensorRT and a CUDA GPU exist."""
+"""Stage `gpu`: NNCF INT8 (post-training, then `gpu.qat_epochs` of QAT) in TensorRT's
+layout -> QDQ ONNX -> layout check -> onnxruntime parity -> TensorRT engine where TensorRT and a CUDA GPU exist."""
 from __future__ import annotations
 
 from qdeploy.atomic import write_json

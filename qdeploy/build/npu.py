@@ -1,4 +1,5 @@
-"""Stage `npu`: NNCF INT8 QAT -> static-shape OpenVINO IR -> parity on the device OpenVINO picks."""
+"""Stage `npu`: NNCF INT8 (post-training, then `npu.qat_epochs` of QAT) -> static-shape
+OpenVINO IR -> parity on the device OpenVINO picks."""
 from __future__ import annotations
 
 from qdeploy.build.int8 import load_int8, train_int8
