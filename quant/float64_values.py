@@ -53,6 +53,15 @@ def read(init, data: np.ndarray) -> np.ndarray | None:
     return value.copy() if np.array_equal(value.astype(np.float32), data) else None
 
 
+def value(init, data: np.ndarray) -> np.ndarray:
+    """An initializer's value for float64 arithmetic: its recorded float64 value, a float32
+    `data` widened when none is recorded, any other dtype as it is."""
+    if data.dtype != np.float32:
+        return data
+    exact = read(init, data)
+    return data.astype(np.float64) if exact is None else exact
+
+
 def demote(proto) -> None:
     """Make a float64 ONNX graph float32 in place, keeping every float64 initializer's value."""
     from onnx import TensorProto, numpy_helper
@@ -105,18 +114,17 @@ def float64_initializers() -> Iterator[None]:
     def get_initializer(self, tensor_name, return_dtype=False):
         out = get(self, tensor_name, return_dtype)
         data = out[0] if return_dtype else out
-        if data is None or data.dtype != np.float32:
+        if data is None:
             return out
-        exact = read(get_by_name(self.graph.initializer, tensor_name), data)
-        value = data.astype(np.float64) if exact is None else exact
-        return (value, out[1]) if return_dtype else value
+        wide = value(get_by_name(self.graph.initializer, tensor_name), data)
+        return (wide, out[1]) if return_dtype else wide
 
     def set_initializer(self, tensor_name, tensor_value):
-        value = np.asarray(tensor_value)
-        if value.dtype != np.float64:
+        wide = np.asarray(tensor_value)
+        if wide.dtype != np.float64:
             return set_(self, tensor_name, tensor_value)
-        set_(self, tensor_name, value.astype(np.float32))
-        attach(get_by_name(self.graph.initializer, tensor_name), value)
+        set_(self, tensor_name, wide.astype(np.float32))
+        attach(get_by_name(self.graph.initializer, tensor_name), wide)
 
     ModelWrapper.get_initializer, ModelWrapper.set_initializer = get_initializer, set_initializer
     try:

@@ -113,11 +113,8 @@ class Executor:
         self._dtypes = {name: self.model.get_tensor_datatype(name) for name in self._shapes}
 
     def _constant(self, init) -> np.ndarray:
-        value = nph.to_array(init)
-        if not self.float64 or value.dtype != np.float32:
-            return value
-        exact = float64_values.read(init, value)
-        return value.astype(np.float64) if exact is None else exact
+        data = nph.to_array(init)
+        return float64_values.value(init, data) if self.float64 else data
 
     @property
     def input_names(self) -> list[str]:

@@ -93,14 +93,14 @@ def run_steps(model, cfg: S.FlowConfig, steps: Sequence[Step] = STEPS, log: Call
     times: dict[str, float] = {}
     names = [s.__name__ for s in steps]
     exact_until = names.index(EXACT_UNTIL) if EXACT_UNTIL in names else -1
-    for i, step in enumerate(steps, 1):
+    for i, step in enumerate(steps):
         name = step.__name__
-        log(f"finn [{i}/{len(steps)}] {name}")
+        log(f"finn [{i + 1}/{len(steps)}] {name}")
         t0 = time.perf_counter()
-        if i - 1 <= exact_until:
+        if i <= exact_until:
             with float64_values.float64_initializers():
                 model = step(model, cfg)
-            if i - 1 == exact_until:
+            if i == exact_until:
                 float64_values.strip(model.model)
         else:
             model = step(model, cfg)
