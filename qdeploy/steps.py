@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 from rich.console import Console
 
+from core import machine
 from qdeploy.atomic import write_json
 
 # a log file or CI gets wide tables instead of rich's 80-column default
@@ -55,6 +56,10 @@ def run_stage(ctx: Context, stage: str, steps: Sequence[StepFn], digest: str, fo
         return False
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / "stage.json").unlink(missing_ok=True)
+    ident = machine.identity()
+    if not ctx.values.get("machine_logged"):
+        console.print(f"[dim]machine: {machine.summary(ident)}[/dim]")
+        ctx.values["machine_logged"] = True
     times = {}
     for i, step in enumerate(steps, 1):
         name = step.__name__
@@ -62,5 +67,5 @@ def run_stage(ctx: Context, stage: str, steps: Sequence[StepFn], digest: str, fo
         t0 = time.perf_counter()
         step(ctx)
         times[name] = round(time.perf_counter() - t0, 3)
-    write_json(stage_dir / "stage.json", {"digest": digest, "time_per_step_s": times})
+    write_json(stage_dir / "stage.json", {"digest": digest, "time_per_step_s": times, "machine": ident})
     return True

@@ -52,6 +52,7 @@ def quantize_int8(
     calib_batches: Iterable[torch.Tensor],
     mode: Mode,
     subset_size: int = 300,
+    overflow_fix: bool = False,
 ) -> nn.Module:
     """Insert INT8 fake quantizers into a copy of `float_model` and calibrate them.
 
@@ -64,13 +65,18 @@ def quantize_int8(
     with batches that mix defects and good parts (the shuffled training split does).
     The float model is not modified; the result is in eval mode, ready for an ordinary
     torch training loop (QAT).
+
+    overflow_fix: NNCF's fix for CPUs whose INT8 kernels saturate (no VNNI/AMX: see
+    core.machine): every weight gets 7 bits of range, so u8 x s8 pairs can no longer overflow
+    int16. Off for an NPU or GPU artifact (they accumulate exactly); on for an artifact that
+    is to run on any CPU (npu.device: cpu).
     """
     import nncf
 
     if mode not in MODES:
         raise UserError(f"unknown INT8 mode {mode!r}: choose one of {', '.join(MODES)}")
     batches = _calibration_batches(calib_batches, subset_size)
-    kwargs = _mode_parameters(mode)
+    kwargs = _mode_parameters(mode, overflow_fix)
     build_nncf_extension()
     was_training = float_model.training
     float_model.eval()
@@ -118,7 +124,7 @@ def _calibration_batches(calib_batches: Iterable[torch.Tensor], subset_size: int
     return batches
 
 
-def _mode_parameters(mode: Mode) -> dict:
+def _mode_parameters(mode: Mode, overflow_fix: bool = False) -> dict:
     import nncf
     from nncf.common.quantization.structs import QuantizationScheme
     from nncf.quantization.advanced_parameters import (
@@ -131,16 +137,17 @@ def _mode_parameters(mode: Mode) -> dict:
     # QAT trains the biases anyway, and on the toy test model NNCF's fast bias correction
     # moved BatchNorm biases by up to 0.05, raising the INT8-vs-float max |d| of the logits
     # (up to 2.05) from 0.025 to 0.18 and flipping 1 of 128 decisions.
-    # Overflow fix off: NNCF's default halves the first conv's weight range (7 bits) for
-    # CPUs without VNNI, whose u8*s8 multiply-adds saturate. NPUs and the CPUs that ship with
-    # them (AVX-VNNI) do not need it, and its doubled scale puts each channel's largest weight
-    # exactly on a rounding tie that OpenVINO breaks differently from torch: with only that
-    # layer quantized, OpenVINO-vs-torch max |d| was 0.024 on the toy model's logits (~2);
+    # Overflow fix: NNCF's default halves the first conv's weight range (7 bits) for CPUs
+    # without VNNI, whose u8*s8 multiply-adds saturate in int16; saturation can hit any layer,
+    # so when asked for it is applied to every layer (ENABLE). NPUs, GPUs and CPUs with
+    # VNNI/AMX do not need it (DISABLE), and its doubled scale puts each channel's largest
+    # weight exactly on a rounding tie that OpenVINO breaks differently from torch: with only
+    # that layer quantized, OpenVINO-vs-torch max |d| was 0.024 on the toy model's logits (~2);
     # 7e-7 without the fix.
     common = {
         "batchwise_statistics": False,
         "disable_bias_correction": True,
-        "overflow_fix": OverflowFix.DISABLE,
+        "overflow_fix": OverflowFix.ENABLE if overflow_fix else OverflowFix.DISABLE,
     }
     if mode == "openvino":
         return {
@@ -224,6 +231,37 @@ def _quantizers(qmodel: nn.Module):
             level_high=int(module.level_high),
         )
         yield info, module
+
+
+def head_input_step(qmodel: nn.Module, example_input: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """(quantization step of the activation that feeds the model's last Linear, that Linear's
+    weight [C, F]): what `reference.compare.one_step_bound` needs.
+
+    The feeding quantizer is found by running `example_input` and taking the last activation
+    quantizer called before the last Linear (NNCF quantizes a Linear's input right before it).
+    Step = scale / level_high for NNCF's symmetric quantizers (signed: [-s*128/127, s] in 255
+    steps; unsigned: [0, s] in 255 steps).
+    """
+    from nncf.torch.quantization.layers import SymmetricQuantizer
+
+    linears = [m for m in qmodel.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the model has no Linear head")
+    head, seen, handles = linears[-1], {}, []
+    activations = [m for info, m in _quantizers(qmodel) if info.kind == "activation"]
+    for q in activations:
+        handles.append(q.register_forward_hook(lambda mod, _i, _o: seen.update(last=mod)))
+    handles.append(head.register_forward_pre_hook(lambda _m, _i: seen.update(head_input=seen.get("last"))))
+    try:
+        with torch.no_grad():
+            qmodel(example_input[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    q = seen.get("head_input")
+    if not isinstance(q, SymmetricQuantizer) or q.per_channel:
+        raise ValueError("the head's input is not quantized per tensor by a symmetric NNCF quantizer")
+    return float(q.scale.detach().abs().max()) / float(q.level_high), head.weight.detach().clone()
 
 
 # --- a tiny fine-tuning helper (the real loop is quant.train.fit) -----------------------

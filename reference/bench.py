@@ -9,7 +9,6 @@ exists; FINN's fps estimate is listed beside them, labelled an estimate.
 from __future__ import annotations
 
 import json
-import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,15 +162,20 @@ def summarize(raw: dict, runtimes: list[Runtime], fns: dict) -> dict:
         for base in ("pytorch-fp32", "onnxruntime-fp32"):
             ref = next((x for x in results if x["runtime"] == base and x["batch"] == r["batch"]), None)
             r.setdefault("ratio_vs", {})[base] = r["images_per_s"] / ref["images_per_s"] if ref else None
-    return {"schema": BENCH_SCHEMA, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "cpu_count": __import__("os").cpu_count(), "rounds_interleaved": max(
+    from core import machine
+
+    return {"schema": BENCH_SCHEMA, "machine": machine.identity(), "rounds_interleaved": max(
                 (b["params"]["bench_case"][0] for b in raw["benchmarks"]), default=0) + 1, "results": results}
 
 
 def print_bench(result: dict) -> None:
     from rich.table import Table
 
-    table = Table(title="throughput (images/s; interleaved rounds, medians)")
+    from core.machine import summary
+
+    machine = result.get("machine")
+    on = f" on {summary(machine)}" if isinstance(machine, dict) else ""
+    table = Table(title=f"throughput (images/s; interleaved rounds, medians){on}")
     for col in ("runtime", "target", "device", "batch", "images/s", "x PyTorch FP32", "x ORT FP32", "kind"):
         table.add_column(col, justify="right" if col not in ("runtime", "target", "device", "kind") else "left")
     for r in sorted(result["results"], key=lambda r: (r["batch"], r["runtime"])):

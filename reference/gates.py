@@ -2,6 +2,12 @@
 
 Defaults (recipe `gates`): FPGA bit-exact; NPU and GPU >= 99.9% argmax agreement;
 recall at the operating point no more than 1 point below the QAT reference.
+
+The INT8 twins are exact executions on every CPU (the NPU twin switches to the IR's exact
+semantics where the CPU's int8 kernels saturate: reference.twins.npu), so these gates mean
+the same on an AVX2-only and an AVX-512 VNNI machine. Their max |d| is reported beside
+core.compare.one_step_bound (one quantization step at every input of the head), not gated:
+in a deep network a tie upstream can move a head input by more than one step.
 """
 from __future__ import annotations
 

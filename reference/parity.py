@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from core import machine
 from qdeploy import __version__
 from qdeploy.atomic import write_json
 from qdeploy.build.common import splits
@@ -47,7 +48,7 @@ def _header(ctx: Context) -> dict:
     d = ctx.stage_dir("train")
     qat = json.loads(((d / "qat.json") if (d / "qat.json").is_file() else (d / "float.json")).read_text())
     return {
-        "schema": REPORT_SCHEMA, "recipe": r.name, "qdeploy_version": __version__,
+        "schema": REPORT_SCHEMA, "recipe": r.name, "qdeploy_version": __version__, "machine": machine.identity(),
         "dataset": {"classes": list(s.class_names), "ok_index": s.ok_index, "n_test": len(s.test),
                     "notes": list(s.notes)},
         "operating_point": {"threshold": qat.get("threshold"), "target_recall": r.train.target_recall,

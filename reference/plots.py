@@ -377,7 +377,7 @@ def plot_throughput(bench: dict | None, path: Path) -> Path | None:
     ips = [r["images_per_s"] for r in results if r["images_per_s"] > 0]
     if ips:
         ax.set_ylim(min(ips) / 3, max(ips) * 4)
-    ax.set(ylabel="images / s (log)", title="Throughput" + (f" on {bench['machine']}" if bench.get("machine") else ""))
+    ax.set(ylabel="images / s (log)", title="Throughput" + (f" on {_cpu_name(bench['machine'])}" if bench.get("machine") else ""))
     handles = [Patch(color=cmap(i % 10), label=n) for i, n in enumerate(series)]
     if any(r.get("kind") == "estimate" for r in results):
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="estimate (not measured)"))
@@ -385,3 +385,8 @@ def plot_throughput(bench: dict | None, path: Path) -> Path | None:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _cpu_name(ident) -> str:
+    """CPU and its INT8 dot-product kernel from a bench file's machine record."""
+    return f"{ident.get('cpu', '?')} ({ident.get('int8_dot', '?')})" if isinstance(ident, dict) else str(ident)

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.machine import summary
 from qdeploy.atomic import write_text
 from reference import plots
 
@@ -218,6 +219,7 @@ def _device_notes(target: str, models: list[tuple[str, dict]]) -> list[str]:
         extra = dict(m.get("extra") or {})
         notes = extra.pop("notes", None) or extra.pop("note", None)
         notes = [notes] if isinstance(notes, str) else list(notes or [])
+        warning = extra.pop("warning", None)
         device = str(m.get("device", ""))
         if not notes and m.get("role") == "target":
             if target == "npu" and "npu" not in device.lower():
@@ -228,6 +230,8 @@ def _device_notes(target: str, models: list[tuple[str, dict]]) -> list[str]:
         line = f"{m.get('label', key)}: {m.get('runtime', '?')} on {device or '?'}, {m.get('precision', '?')}"
         items.append(line + (f" ({detail})" if detail else ""))
         items += [f"{m.get('label', key)}: {n}" for n in notes]
+        if warning:
+            items.append(f"WARNING ({m.get('label', key)}): {warning}")
     return items
 
 
@@ -309,7 +313,7 @@ def _bench(report: dict, plot_paths: dict) -> list[Block]:
     if not b or not b.get("results"):
         return out + [Block("p", "Benchmark: not run (make bench).")]
     if b.get("machine"):
-        out.append(Block("p", f"Machine: {b['machine']}. Estimates are computed, not measured."))
+        out.append(Block("p", f"Machine: {_machine(b['machine'])}. Estimates are computed, not measured."))
     rows = []
     for r in b["results"]:
         est = r.get("kind") == "estimate"
@@ -324,10 +328,17 @@ def _bench(report: dict, plot_paths: dict) -> list[Block]:
     return out
 
 
+def _machine(ident) -> str:
+    """The machine record of a report or bench file (older files hold a plain string)."""
+    return summary(ident) if isinstance(ident, dict) else str(ident)
+
+
 def build_blocks(report: dict, plot_paths: dict, out_dir: Path | None = None) -> list[Block]:
     """The report as a list of blocks (the single source of report.md and report.html)."""
     title = f"Parity report: {report.get('recipe', '?')}"
     meta = f"{report.get('schema', '?')}, qdeploy {report.get('qdeploy_version', '?')}"
+    if report.get("machine"):
+        meta += f"; measured on {_machine(report['machine'])}"
     return [Block("h1", title), Block("p", meta), *_verdict(report), *_dataset(report), *_summary(report),
             *_gates(report), *_plots_section(plot_paths), *_cams(report, out_dir), *_fpga(report, plot_paths), *_device(report, "npu"),
             *_device(report, "gpu"), *_bench(report, plot_paths)]

@@ -58,10 +58,33 @@ def _int8_kind(section) -> str:
     return "QAT" if section.qat_epochs else "post-training"
 
 
+def _one_step_bound(qmodel, pixels) -> float | None:
+    """The largest logit difference two exact INT8 executions may show (core.compare)."""
+    import torch
+
+    from core.compare import one_step_bound
+    from quant.nncf_qat import head_input_step
+    from quant.preprocess import to_input
+
+    try:
+        step, weight = head_input_step(qmodel, to_input(torch.from_numpy(pixels[:1])))
+    except ValueError:
+        return None
+    return one_step_bound(step, weight.numpy())
+
+
 def npu(ctx: Context) -> list[Twin]:
+    """The OpenVINO IR on the device OpenVINO picks.
+
+    On the NPU, the NPU's result is the twin. On a CPU stand-in the twin is the IR's exact
+    semantics (FakeQuantize as fp32 formula: targets.openvino_exact), the same on every CPU;
+    the CPU's own int8 kernels run too and are reported beside it, with a warning where they
+    saturate (no VNNI/AMX: core.machine) and so compute what the NPU never will."""
+    from core import machine
+    from core.compare import compare
     from qdeploy.build.int8 import load_int8
     from quant.train import predict
-    from targets.openvino_device import select_device
+    from targets.openvino_device import cpu_int8_kernels_faithful, select_device
     from targets.runners import OpenVINORunner
 
     r = ctx.recipe
@@ -69,15 +92,35 @@ def npu(ctx: Context) -> list[Twin]:
     label = f"NNCF INT8 {_int8_kind(ctx.recipe.npu)} (OpenVINO layout)"
     ref = Twin("npu_qat", label, "qat", predict(qmodel, splits(ctx).test),
                meta["threshold"], "pytorch+nncf", "cpu", "int8 fake-quant", target="npu")
-    runner = OpenVINORunner(ctx.stage_dir("npu") / "model.xml", select_device(r.npu.device),
-                            precision_hint=r.npu.precision_hint, batch=1)
+    xml = ctx.stage_dir("npu") / "model.xml"
+    pixels = test_pixels(ctx)
+    choice = select_device(r.npu.device)
+    runner = OpenVINORunner(xml, choice, precision_hint=r.npu.precision_hint, batch=1)
+    cpu = machine.identity()
+    overflow_fix = bool(meta.get("overflow_fix"))
+    extra = {"requested_device": r.npu.device, "precision_hint": r.npu.precision_hint, "artifact": str(xml),
+             "overflow_fix": overflow_fix, "one_step_bound": _one_step_bound(qmodel, pixels)}
+    logits = runner.predict(pixels)
+    if runner.device_choice.device == "CPU":
+        kernels = compare(logits, ref.logits)
+        extra["cpu_int8_kernels"] = {"int8_dot": cpu["int8_dot"], "faithful": cpu_int8_kernels_faithful(cpu, overflow_fix),
+                                     **{k: kernels[k] for k in ("argmax_agreement", "max_abs_diff")}}
+        if not extra["cpu_int8_kernels"]["faithful"]:
+            extra["warning"] = (
+                f"this CPU's INT8 kernels saturate ({cpu['int8_dot']}: no VNNI/AMX on {cpu['cpu']}), so they do "
+                f"not compute what the NPU will (here: max |d| {kernels['max_abs_diff']:.3g}, argmax agreement "
+                f"{kernels['argmax_agreement']:.2%}). To deploy this IR on a CPU without VNNI, build with "
+                "npu.device: cpu (NNCF's overflow fix: 7-bit weights, exact there)")
+        runner = OpenVINORunner(xml, runner.device_choice, precision_hint=r.npu.precision_hint, batch=1,
+                                int8_kernels=False)
+        logits = runner.predict(pixels)
     info = runner.describe()
-    extra = {"requested_device": r.npu.device, "execution_devices": info.get("execution_devices"),
-             "fallback_reason": info.get("fallback_reason"), "inference_precision": info.get("inference_precision"),
-             "precision_hint": r.npu.precision_hint, "artifact": str(ctx.stage_dir("npu") / "model.xml")}
+    extra.update(execution_devices=info.get("execution_devices"), inference_precision=info.get("inference_precision"),
+                 fallback_reason=info.get("fallback_reason"))
     if info.get("fallback_reason"):
-        extra["note"] = f"{info['fallback_reason']}: the IR ran on {runner.device}"
-    twin = Twin("npu", "NPU target: OpenVINO INT8 IR", "target", runner.predict(test_pixels(ctx)), meta["threshold"],
+        extra["note"] = (f"{info['fallback_reason']}: the IR ran on {runner.device}, checked with its exact "
+                         "semantics (FakeQuantize in fp32), the same on every CPU")
+    twin = Twin("npu", "NPU target: OpenVINO INT8 IR", "target", logits, meta["threshold"],
                 "openvino", runner.device, runner.precision, "npu", "npu_qat", extra)
     return [ref, twin]
 
@@ -103,9 +146,11 @@ def gpu(ctx: Context) -> list[Twin]:
             note = f"TensorRT engine not built ({e.get('skipped')}); the QDQ ONNX ran on onnxruntime (CPU)"
     note += ("; onnxruntime ran the Q/DQ nodes as ONNX defines them (no int8 kernel fusion), so this checks "
              "the artifact; an engine's int8 kernels round requantisation their own way (compare with polygraphy)")
-    twin = Twin("gpu", "GPU target: QDQ ONNX on onnxruntime", "target", runner.predict(test_pixels(ctx)),
+    pixels = test_pixels(ctx)
+    twin = Twin("gpu", "GPU target: QDQ ONNX on onnxruntime", "target", runner.predict(pixels),
                 meta["threshold"], "onnxruntime (Q/DQ as specified)", "cpu", "int8 QDQ", "gpu", "gpu_qat",
-                {"note": note, "artifact": str(d / "model.qdq.onnx")})
+                {"note": note, "artifact": str(d / "model.qdq.onnx"),
+                 "one_step_bound": _one_step_bound(qmodel, pixels)})
     return [ref, twin]
 
 

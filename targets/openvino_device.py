@@ -125,3 +125,16 @@ def _ov_error_summary(error: Exception, limit: int = 200) -> str:
     useful = [ln for ln in lines if ln and not ln.startswith("Exception from ")]
     text = " ".join(useful) or (lines[0] if lines else type(error).__name__)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cpu_int8_kernels_faithful(ident: dict, overflow_fix: bool) -> bool:
+    """Do this CPU's INT8 kernels compute what the IR means (and what an NPU computes)?
+
+    Yes with VNNI/AMX (exact int32 accumulation) or when the IR was quantized with NNCF's
+    overflow fix (7-bit weights: u8 x s8 pairs cannot saturate int16). Otherwise the CPU is
+    no faithful stand-in: check the IR with `OpenVINORunner(..., int8_kernels=False)`.
+    `ident` is core.machine.identity().
+    """
+    from core.machine import int8_accumulates_exactly
+
+    return overflow_fix or int8_accumulates_exactly(ident)

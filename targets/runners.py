@@ -146,6 +146,9 @@ class OpenVINORunner(Runner):
     mode "sync": one infer request, LATENCY hint. "async": THROUGHPUT hint and an
     AsyncInferQueue with the device's optimal number of requests; a predict() call keeps
     them all busy with consecutive batches.
+    int8_kernels=False: every FakeQuantize runs as its formula in fp32
+    (targets.openvino_exact), the IR's exact semantics on any CPU instead of the CPU's int8
+    kernels (which saturate on CPUs without VNNI: core.machine).
     """
 
     def __init__(
@@ -158,6 +161,7 @@ class OpenVINORunner(Runner):
         core=None,
         name: Optional[str] = None,
         console=None,
+        int8_kernels: bool = True,
     ):
         import openvino as ov
 
@@ -175,6 +179,11 @@ class OpenVINORunner(Runner):
             shape[0] = batch
             model.reshape({model.inputs[0]: ov.PartialShape(shape)})
         is_int8 = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        self.int8_kernels = int8_kernels or not is_int8
+        if not self.int8_kernels:
+            from targets.openvino_exact import decompose_fake_quantize
+
+            decompose_fake_quantize(model)
         what = "the INT8 IR" if is_int8 else "the FP32 IR"
         hint = "THROUGHPUT" if mode == "async" else "LATENCY"
         self.compiled, self.device_choice = compile_model(
@@ -185,6 +194,8 @@ class OpenVINORunner(Runner):
         self.device = ",".join(self.device_choice.execution_devices) or self.device_choice.device
         kind = "int8" if is_int8 else "fp32"
         self.precision = f"{kind} (inference precision {self.device_choice.inference_precision or 'device default'})"
+        if not self.int8_kernels:
+            self.precision = "int8 IR, FakeQuantize as fp32 formula (exact semantics)"
         self.name = name or f"openvino-{kind}"
         if mode == "sync":
             self._request = self.compiled.create_infer_request()
@@ -235,4 +246,5 @@ class OpenVINORunner(Runner):
         requested, compiled_for, available, fallback_reason, execution_devices, inference_precision."""
         choice = self.device_choice.to_dict()
         choice["compiled_for"] = choice.pop("device")
-        return {**super().describe(), "batch": self.fixed_batch, "mode": self.mode, **choice}
+        return {**super().describe(), "batch": self.fixed_batch, "mode": self.mode, "int8_kernels": self.int8_kernels,
+                **choice}

@@ -60,10 +60,16 @@ def test_parity_report_covers_all_targets(built):
     report = json.loads((built / "report" / "report.json").read_text())
     assert set(report["targets_built"]) == {"fpga", "npu", "gpu"}
     assert {"float", "qat", "fpga", "npu_qat", "npu", "gpu_qat", "gpu"} <= set(report["models"])
+    html = (built / "report" / "report.html").read_text()
     fpga = report["models"]["fpga"]["agreement_reference"]
     assert fpga["argmax_agreement"] == 1.0 and fpga["max_abs_diff_rel"] <= 1e-6
-    assert report["models"]["npu"]["device"].startswith("CPU")  # no NPU here, and the report says so
-    html = (built / "report" / "report.html").read_text()
+    import openvino as ov
+
+    has_npu = any(d.startswith("NPU") for d in ov.Core().available_devices)
+    # the report names the device that ran the IR: the NPU where there is one, else the CPU
+    assert report["models"]["npu"]["device"].startswith("NPU" if has_npu else "CPU")
+    assert report["machine"]["cpu"] and set(report["machine"]["features"]) >= {"avx2", "avx512_vnni", "amx_int8"}
+    assert "measured on" in html and report["machine"]["int8_dot"] in html
     assert "data:image/png;base64," in html and "FPGA" in html
     assert all(g["passed"] for g in report["gates"])
     assert [c["class"] for c in report["cams"]] == ["defect"] and "Grad-CAM" in html
@@ -108,3 +114,39 @@ def test_int8_only_model_builds_for_npu_and_gpu_without_brevitas_qat(tmp_path):
         parity = json.loads((d / target / "parity.json").read_text())
         assert parity["models"][target]["agreement_reference"]["argmax_agreement"] >= 0.9
     assert main(["export", "--build-dir", str(tmp_path), *tiny]) == 2  # no Brevitas model to export
+
+
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
+                    reason="ONEDNN_MAX_CPU_ISA names x86 ISAs")
+def test_npu_twin_is_the_same_on_a_cpu_without_vnni(built, tmp_path):
+    """The parity report run with oneDNN capped to AVX2 (what an AVX2-only CPU executes):
+    the NPU twin (the IR's exact semantics) gives the same logits as uncapped, so the gates
+    decide the same; the CPU's own int8 kernels are reported and, where they saturate,
+    named in a warning with the fix."""
+    import os
+    import subprocess
+    import sys
+
+    def parity(build, isa):
+        env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+        if isa:
+            env["ONEDNN_MAX_CPU_ISA"] = isa
+        cmd = [sys.executable, "-m", "qdeploy", "parity", "--build-dir", str(build), *SMALL]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        report = build / "default" / "report"
+        return json.loads((report / "report.json").read_text()), (report / "report.md").read_text()
+
+    work = tmp_path / "copy"
+    shutil.copytree(built.parent, work)
+    (capped, capped_md), (free, _) = parity(work, "AVX2"), parity(work, None)
+    assert capped["machine"]["int8_dot"] == "vpmaddubsw" and capped["machine"]["onednn_max_cpu_isa"] == "AVX2"
+    a, b = capped["models"]["npu"], free["models"]["npu"]
+    assert a["extra"]["cpu_int8_kernels"]["int8_dot"] == "vpmaddubsw"
+    assert a["extra"]["cpu_int8_kernels"]["faithful"] is False and "npu.device: cpu" in a["extra"]["warning"]
+    assert [g["passed"] for g in capped["gates"]] == [g["passed"] for g in free["gates"]]
+    # both twins are exact executions of the same IR: at most float32 summation order apart
+    assert abs(a["agreement_reference"]["max_abs_diff"] - b["agreement_reference"]["max_abs_diff"]) <= \
+        a["extra"]["one_step_bound"]
+    assert a["metrics"]["accuracy"] == pytest.approx(b["metrics"]["accuracy"], abs=1 / a["metrics"]["n"])
+    assert "WARNING (NPU target" in capped_md and "vpmaddubsw" in capped_md

@@ -73,11 +73,15 @@ def train_int8(ctx: Context, stage: str, mode: str, epochs: int) -> Path:
     r, s = ctx.recipe, splits(ctx)
     seed_everything(r.seed + 2)
     model, meta = float_model(ctx)
-    qmodel = quantize_int8(fold_batchnorm(model), calibration_batches(ctx), mode=mode, subset_size=128)
+    # an OpenVINO IR meant for CPUs (npu.device: cpu) gets NNCF's overflow fix, so it is exact
+    # on CPUs without VNNI too; NPU and GPU artifacts accumulate exactly and do without it
+    overflow_fix = mode == "openvino" and r.npu.device == "cpu"
+    qmodel = quantize_int8(fold_batchnorm(model), calibration_batches(ctx), mode=mode, subset_size=128,
+                           overflow_fix=overflow_fix)
     hist = fit(qmodel, s, r.train, epochs, r.train.lr * 0.05, r.seed + 2, f"INT8 QAT ({mode})")
     thr = metrics.choose_threshold(predict(qmodel, s.val), s.val.labels, s.ok_index, r.train.target_recall, r.train.target_fpr)
     path = ctx.stage_dir(stage) / CHECKPOINT
-    save_nncf_checkpoint(path, qmodel, {"model": meta["model"], "mode": mode, "threshold": thr, "history": hist,
+    save_nncf_checkpoint(path, qmodel, {"model": meta["model"], "mode": mode, "overflow_fix": overflow_fix, "threshold": thr, "history": hist,
                                         "class_names": list(s.class_names), "ok_index": s.ok_index})
     ctx.values[f"{stage}_qmodel"] = qmodel
     return path

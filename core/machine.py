@@ -1,0 +1,117 @@
+"""Which CPU this is, and what that means for INT8 results and speed.
+
+INT8 kernels compute differently on different x86 CPUs (oneDNN inside OpenVINO, MLAS inside
+onnxruntime):
+
+- with VNNI (AVX-512 VNNI or AVX-VNNI) or AMX-INT8, a u8 x s8 dot product accumulates in
+  int32 (vpdpbusd / tdpbusd): exact, like an NPU or a GPU;
+- without them (AVX2 only, or AVX-512 without VNNI), the kernels use vpmaddubsw, which adds
+  two u8 x s8 products into a *saturating int16*: with 8-bit weights, pairs above 32767
+  clip, and the CPU no longer computes what the NPU will. NNCF's "overflow fix" (7-bit
+  weights) is the cure when the artifact is meant to run on such a CPU.
+
+oneDNN honours the environment variable ONEDNN_MAX_CPU_ISA (e.g. AVX2), and so does the
+OpenVINO CPU plugin: the tests use it to run the non-VNNI kernels on a VNNI machine.
+`identity()` takes that cap into account, so a capped process describes the CPU its
+kernels actually use.
+
+    identity() -> dict   recorded in build logs, report.json and bench.json
+    summary(ident) -> str   one line for a console or a report header
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+# oneDNN's ISA names in increasing order (ONEDNN_MAX_CPU_ISA accepts any of them; older
+# names are aliases of newer ones).
+_ONEDNN_ORDER = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+                 "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_FP16", "AVX10_1_512_AMX",
+                 "AVX512_CORE_AMX", "AVX10_1_512_AMX_FP16", "AVX512_CORE_AMX_FP16", "AVX10_2_512",
+                 "AVX10_2_512_AMX_2", "ALL", "DEFAULT")
+_RANK = {name: i for i, name in enumerate(_ONEDNN_ORDER)}
+_RANK.update({"AVX10_1_512": _RANK["AVX512_CORE_FP16"], "AVX10_1_512_AMX": _RANK["AVX512_CORE_AMX"],
+              "AVX10_1_512_AMX_FP16": _RANK["AVX512_CORE_AMX_FP16"], "DEFAULT": _RANK["ALL"]})
+
+# the CPU features that change INT8 results or speed, as /proc/cpuinfo (and py-cpuinfo) spell them
+FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+_LABELS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI",
+           "avx512_bf16": "AVX-512 BF16", "amx_int8": "AMX-INT8"}
+
+
+def _cap_allows(cap: str | None, needed: str) -> bool:
+    if not cap:
+        return True
+    rank = _RANK.get(cap.strip().upper())
+    return True if rank is None else rank >= _RANK[needed]
+
+
+def int8_dot_kernel(features: dict[str, bool], arch: str, cap: str | None = None) -> str:
+    """The u8 x s8 dot-product instruction the INT8 kernels use: "amx", "avx512_vnni",
+    "avx_vnni" (exact int32 accumulation), "vpmaddubsw" (saturating int16 pairs), or
+    "unknown" (not x86)."""
+    if arch not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "unknown"
+    if features.get("amx_int8") and _cap_allows(cap, "AVX512_CORE_AMX"):
+        return "amx"
+    if features.get("avx512_vnni") and _cap_allows(cap, "AVX512_CORE_VNNI"):
+        return "avx512_vnni"
+    if features.get("avx_vnni") and _cap_allows(cap, "AVX2_VNNI"):
+        return "avx_vnni"
+    return "vpmaddubsw"
+
+
+def int8_accumulates_exactly(ident: dict) -> bool:
+    """True when this CPU's INT8 kernels accumulate u8 x s8 products exactly (no saturation)."""
+    return ident["int8_dot"] in ("amx", "avx512_vnni", "avx_vnni")
+
+
+def _read_cpu() -> tuple[str, str, set[str]]:
+    import cpuinfo  # py-cpuinfo: brand string and flags on Linux, Windows and macOS
+
+    info = cpuinfo.get_cpu_info()
+    flags = {f.lower() for f in info.get("flags", [])}
+    # py-cpuinfo spells some flags both ways (avx512vnni / avx512_vnni)
+    if "avx512vnni" in flags:
+        flags.add("avx512_vnni")
+    if "avxvnni" in flags:
+        flags.add("avx_vnni")
+    if "amxint8" in flags:
+        flags.add("amx_int8")
+    return info.get("brand_raw") or platform.processor() or "unknown CPU", info.get("vendor_id_raw") or "", flags
+
+
+@functools.cache
+def _cpu() -> tuple[str, str, frozenset[str]]:
+    model, vendor, flags = _read_cpu()
+    return model, vendor, frozenset(flags)
+
+
+def identity() -> dict:
+    """This machine's CPU, its INT8-relevant features and the kernel they select."""
+    model, vendor, flags = _cpu()
+    arch = platform.machine().lower()
+    features = {f: f in flags for f in FEATURES}
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or None
+    return {
+        "cpu": model,
+        "vendor": vendor,
+        "arch": arch,
+        "cores": os.cpu_count(),
+        "features": features,
+        "onednn_max_cpu_isa": cap,
+        "int8_dot": int8_dot_kernel(features, arch, cap),
+    }
+
+
+def summary(ident: dict) -> str:
+    """e.g. "Intel(R) Xeon(R) Processor, 2 cores, x86_64 [AVX2 AVX-512 AVX-512 VNNI AMX-INT8];
+    INT8 dot product: avx512_vnni (exact)"."""
+    feats = " ".join(_LABELS[f] for f in FEATURES if ident.get("features", {}).get(f)) or "none of " + "/".join(
+        _LABELS.values())
+    kernel = ident.get("int8_dot", "unknown")
+    how = {"vpmaddubsw": "saturating int16 pairs", "unknown": "not x86"}.get(kernel, "exact int32")
+    cap = f", capped by ONEDNN_MAX_CPU_ISA={ident['onednn_max_cpu_isa']}" if ident.get("onednn_max_cpu_isa") else ""
+    return (f"{ident.get('cpu', '?')}, {ident.get('cores', '?')} cores, {ident.get('arch', '?')} [{feats}]; "
+            f"INT8 dot product: {kernel} ({how}{cap})")
