@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

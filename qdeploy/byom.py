@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from qdeploy.atomic import write_json
-from qdeploy.errors import UserError
-from qdeploy.steps import Context, console
+from core.atomic import write_json
+from core.errors import UserError
+from core.console import console
+from qdeploy.steps import Context
 
 MAX_SAMPLES = 1000
 
@@ -43,7 +44,7 @@ def read_samples(folder: Path, shape: tuple[int, int, int]) -> np.ndarray:
 
 def build_own_model(ctx: Context, target: str, model_path: Path, samples: str | None) -> None:
     from compilers.finn.flow import load_qonnx, lower
-    from targets.folding import fold
+    from compilers.finn.folding import fold
     from targets.fpga_parts import get_part
 
     if target != "fpga":
@@ -67,7 +68,7 @@ def build_own_model(ctx: Context, target: str, model_path: Path, samples: str | 
                   f"QONNX graph on {len(pixels)} samples: "
                   + ("bit-exact at every stage" if not worst else f"{worst[0].stage} differs"))
     if worst:
-        from qdeploy.errors import GateFailed
+        from core.errors import GateFailed
 
         fd = worst[0].first_divergence or {}
         raise GateFailed(f"parity gate failed: fpga ({model_path.name}) stage {worst[0].stage} differs from the "

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from qdeploy.errors import UserError
+from core.errors import UserError
+from core.targets import NAMES
 
-TARGETS = ("fpga", "npu", "gpu")
 _MACHINE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
@@ -63,28 +63,30 @@ def run(argv: list[str] | None = None) -> int:
     recipe = load_recipe(args.recipe, _parse_set(args.set))
     ctx = Context(recipe=recipe, build_dir=Path(args.build_dir) / recipe.name)
     if args.command in ("train", "export"):
-        from qdeploy.build import run_plan
+        from qdeploy.stages import run_plan
 
         run_plan(ctx, args.command, force=args.force)
     elif args.command == "build":
-        if args.target not in TARGETS:
-            raise UserError(f"unknown target {args.target!r}; valid: {', '.join(TARGETS)}")
+        if args.target not in NAMES:
+            raise UserError(f"unknown target {args.target!r}; valid: {', '.join(NAMES)}")
         if args.model:
             from qdeploy.byom import build_own_model
 
             build_own_model(ctx, args.target, Path(args.model), args.samples)
         else:
-            from qdeploy.build import run_plan
+            from qdeploy.stages import run_plan
 
             run_plan(ctx, args.target, force=args.force)
     elif args.command in ("parity", "report"):
+        from qdeploy.stages.harness import reference_inputs
         from reference.parity import run_parity
 
-        run_parity(ctx, render_only=args.command == "report")
+        run_parity(reference_inputs(ctx), render_only=args.command == "report")
     elif args.command == "bench":
+        from qdeploy.stages.harness import reference_inputs
         from reference.bench import run_bench
 
-        run_bench(ctx)
+        run_bench(reference_inputs(ctx))
     return 0
 
 

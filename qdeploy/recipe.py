@@ -14,7 +14,7 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 
 
 class _Section(BaseModel):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from qdeploy.atomic import atomic_path, write_json
-from qdeploy.errors import UserError
+from core.atomic import atomic_path, write_json
+from core.errors import UserError
 
 
 def save_checkpoint(stem: str | Path, model: torch.nn.Module, meta: dict) -> Path:

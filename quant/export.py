@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from qdeploy.atomic import atomic_path
-from qdeploy.errors import UserError
+from core.atomic import atomic_path
+from core.errors import UserError
 from quant import float64_values
 
 

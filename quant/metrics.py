@@ -16,6 +16,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from core.compare import compare
+
 
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
@@ -113,19 +115,5 @@ def evaluate(logits, labels, ok_index: int | None, threshold: float | None = Non
 
 
 def agreement(a_logits: np.ndarray, b_logits: np.ndarray) -> dict:
-    """How closely two models' outputs agree on the same inputs."""
-    a = np.asarray(a_logits, dtype=np.float64)
-    b = np.asarray(b_logits, dtype=np.float64)
-    d = np.abs(a - b)
-    scale = float(np.abs(a).max()) or 1.0
-    flips = np.flatnonzero(a.argmax(1) != b.argmax(1))
-    return {
-        "n": int(len(a)),
-        "argmax_agreement": float(1.0 - len(flips) / max(len(a), 1)),
-        "max_abs_diff": float(d.max()) if d.size else 0.0,
-        "max_abs_diff_rel": float(d.max() / scale) if d.size else 0.0,
-        "logit_scale": scale,
-        "flipped_indices": flips[:20].tolist(),
-        # how close each flipped image was to a tie in `a` (top-1 minus top-2 logit)
-        "flipped_margins": [round(float(m), 6) for m in np.diff(np.sort(a[flips[:20]], axis=1)[:, -2:], axis=1)[:, 0]],
-    }
+    """How closely model b's outputs follow reference a's on the same inputs (core.compare)."""
+    return compare(b_logits, a_logits)

@@ -36,8 +36,8 @@ from typing import Iterable, Literal
 import torch
 from torch import nn
 
-from qdeploy.atomic import atomic_path
-from qdeploy.errors import UserError
+from core.atomic import atomic_path
+from core.errors import UserError
 
 Mode = Literal["openvino", "tensorrt"]
 MODES = ("openvino", "tensorrt")

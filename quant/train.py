@@ -15,7 +15,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from qdeploy.steps import console
+from core.console import console
 from quant import metrics
 from quant.augment import augment_batch
 from quant.losses import make_loss

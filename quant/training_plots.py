@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from qdeploy.atomic import atomic_path  # noqa: E402
+from core.atomic import atomic_path  # noqa: E402
 
 
 def plot_curves(histories: list[dict], path: Path) -> Path:

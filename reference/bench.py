@@ -16,9 +16,11 @@ from typing import Callable
 
 import numpy as np
 
-from qdeploy.atomic import write_json
-from qdeploy.errors import UserError
-from qdeploy.steps import Context, console
+from core import layout
+from core.atomic import write_json
+from core.console import console
+from core.errors import UserError
+from reference.inputs import Inputs
 
 BATCHES = (1, 16)
 ROUNDS = 3  # interleaved rounds; each is one pytest-benchmark test per runtime and batch
@@ -35,7 +37,7 @@ class Runtime:
     make_fn: Callable[[np.ndarray], Callable]  # pixels -> no-arg callable with .images
 
 
-def _float_runtimes(ctx: Context, work: Path) -> list[Runtime]:
+def _float_runtimes(ctx: Inputs, work: Path) -> list[Runtime]:
     import torch
 
     from compilers.openvino_ir import to_openvino_ir
@@ -43,7 +45,7 @@ def _float_runtimes(ctx: Context, work: Path) -> list[Runtime]:
     from targets.openvino_device import select_device
     from targets.runners import OpenVINORunner, OrtRunner, TorchRunner
 
-    model, _ = load_checkpoint(ctx.stage_dir("train") / "float")
+    model, _ = load_checkpoint(ctx.layout.float_checkpoint)
     h, w = ctx.recipe.dataset.size
     onnx_path = work / "float.onnx"
     torch.onnx.export(model, torch.zeros(1, 1, h, w), str(onnx_path), input_names=["input"], output_names=["logits"],
@@ -60,25 +62,26 @@ def _float_runtimes(ctx: Context, work: Path) -> list[Runtime]:
     ]
 
 
-def _target_runtimes(ctx: Context) -> list[Runtime]:
+def _target_runtimes(ctx: Inputs) -> list[Runtime]:
     from targets.openvino_device import select_device
     from targets.runners import OpenVINORunner, OrtRunner
 
     out = []
-    qdq = ctx.stage_dir("gpu") / "model.qdq.onnx"
+    qdq = ctx.layout.qdq_onnx
     if qdq.is_file():
         ort_q = OrtRunner(qdq, name="onnxruntime-int8-qdq")
         out.append(Runtime("onnxruntime-int8-qdq", "gpu", "int8 QDQ", "cpu", "sync", ort_q.infer_fn))
-    xml = ctx.stage_dir("npu") / "model.xml"
+    xml = ctx.layout.openvino_ir
     if xml.is_file():
         choice = select_device(ctx.recipe.npu.device)
         dev = choice.device
         for mode in ("sync", "async"):
             out.append(Runtime(f"openvino-int8-{mode}", "npu", "int8", dev, mode,
                                lambda px, m=mode: OpenVINORunner(xml, choice, "default", batch=len(px), mode=m).infer_fn(px)))
-    engine = ctx.stage_dir("gpu") / "model.engine"
+    engine = ctx.layout.trt_engine
     if engine.is_file():
-        from targets.tensorrt_engine import TensorRTRunner, tensorrt_available
+        from compilers.tensorrt.engine import tensorrt_available
+        from targets.tensorrt_runner import TensorRTRunner
 
         if tensorrt_available()[0]:
             trt = TensorRTRunner(engine)
@@ -86,8 +89,8 @@ def _target_runtimes(ctx: Context) -> list[Runtime]:
     return out
 
 
-def _estimates(ctx: Context) -> list[dict]:
-    path = ctx.stage_dir("fpga") / "fpga_summary.json"
+def _estimates(ctx: Inputs) -> list[dict]:
+    path = ctx.layout.fpga_summary
     if not path.is_file():
         return []
     s = json.loads(path.read_text())
@@ -111,12 +114,12 @@ class _Plugin:
         config._bench_fns = self.fns
 
 
-def run_bench(ctx: Context, rounds: int = ROUNDS, batches=BATCHES) -> dict:
+def run_bench(ctx: Inputs, rounds: int = ROUNDS, batches=BATCHES) -> dict:
     import pytest
 
     if not (ctx.stage_dir("train") / "float.json").is_file():
         raise UserError(f"no trained model in {ctx.stage_dir('train')}: run 'make train' (or a build) first")
-    out_dir = ctx.build_dir / "bench"
+    out_dir = ctx.layout.bench_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(ctx.recipe.seed)
     h, w = ctx.recipe.dataset.size
@@ -136,7 +139,7 @@ def run_bench(ctx: Context, rounds: int = ROUNDS, batches=BATCHES) -> dict:
             raise RuntimeError(f"benchmark run failed (pytest exit {code})")
     result = summarize(json.loads(raw.read_text()), runtimes, fns)
     result["results"] += _estimates(ctx)
-    write_json(out_dir / "bench.json", result)
+    write_json(out_dir / layout.BENCH, result)
     print_bench(result)
     return result
 

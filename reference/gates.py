@@ -11,7 +11,7 @@ in a deep network a tie upstream can move a head input by more than one step.
 """
 from __future__ import annotations
 
-BIT_EXACT_REL = 1e-6  # max |d| relative to the logit scale that still counts as bit-exact
+from core.compare import BIT_EXACT_REL
 
 
 def _gate(target, gate, passed, value, limit, message):

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 
-from core import machine
-from qdeploy import __version__
-from qdeploy.atomic import write_json
-from qdeploy.build.common import splits
-from qdeploy.errors import GateFailed, UserError
-from qdeploy.steps import Context, console
+from core import layout, machine
+from core.atomic import write_json
+from core.console import console
+from core.errors import GateFailed, UserError
+from reference.inputs import Inputs
 from quant import metrics
 from reference import twins as tw
 from reference.gates import evaluate_gates, failed
@@ -21,10 +20,10 @@ from reference.gates import evaluate_gates, failed
 REPORT_SCHEMA = "qdeploy.report/1"
 
 
-def model_entries(ctx: Context, twins: list[tw.Twin]) -> dict:
+def model_entries(ctx: Inputs, twins: list[tw.Twin]) -> dict:
     from reference.plots import curves_for
 
-    s, r = splits(ctx), ctx.recipe
+    s, r = ctx.splits(), ctx.recipe
     labels = s.test.labels
     by_key = {t.key: t for t in twins}
     out = {}
@@ -43,12 +42,12 @@ def model_entries(ctx: Context, twins: list[tw.Twin]) -> dict:
     return out
 
 
-def _header(ctx: Context) -> dict:
-    s, r = splits(ctx), ctx.recipe
+def _header(ctx: Inputs) -> dict:
+    s, r = ctx.splits(), ctx.recipe
     d = ctx.stage_dir("train")
     qat = json.loads(((d / "qat.json") if (d / "qat.json").is_file() else (d / "float.json")).read_text())
     return {
-        "schema": REPORT_SCHEMA, "recipe": r.name, "qdeploy_version": __version__, "machine": machine.identity(),
+        "schema": REPORT_SCHEMA, "recipe": r.name, "qdeploy_version": ctx.version, "machine": machine.identity(),
         "dataset": {"classes": list(s.class_names), "ok_index": s.ok_index, "n_test": len(s.test),
                     "notes": list(s.notes)},
         "operating_point": {"threshold": qat.get("threshold"), "target_recall": r.train.target_recall,
@@ -56,15 +55,15 @@ def _header(ctx: Context) -> dict:
     }
 
 
-def target_parity(ctx: Context, target: str) -> dict:
+def target_parity(ctx: Inputs, target: str) -> dict:
     """The parity check at the end of a target's build: its twin(s) against their QAT
     reference and the float model. Writes <stage>/parity.json; a failed gate stops the build."""
-    twins = [t for t in tw.golden_cache(ctx)] + tw.TARGETS[target](ctx)
+    twins = [t for t in tw.golden_cache(ctx)] + tw.TWINS[target](ctx)
     models = model_entries(ctx, twins)
     models = {k: v for k, v in models.items() if k in ("float", "qat") or v["target"] == target}
     gates = evaluate_gates(models, ctx.recipe.gates)
     result = {**_header(ctx), "models": models, "gates": gates}
-    write_json(ctx.stage_dir(target) / "parity.json", result)
+    write_json(ctx.stage_dir(target) / layout.PARITY, result)
     for key, m in models.items():
         if m["role"] == "target":
             ag = m["agreement_reference"]
@@ -83,35 +82,34 @@ def _raise_on_failure(gates: list[dict]) -> None:
         raise GateFailed(f"parity gate failed: {bad[0]['message']}{more}")
 
 
-def _fpga_section(ctx: Context) -> dict | None:
-    path = ctx.stage_dir("fpga") / "fpga_summary.json"
+def _fpga_section(ctx: Inputs) -> dict | None:
+    path = ctx.layout.fpga_summary
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _bench_section(ctx: Context) -> dict | None:
-    path = ctx.build_dir / "bench" / "bench.json"
+def _bench_section(ctx: Inputs) -> dict | None:
+    path = ctx.layout.bench_dir / layout.BENCH
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _cam_section(ctx: Context, out_dir) -> list[dict]:
+def _cam_section(ctx: Inputs, out_dir) -> list[dict]:
     """Grad-CAM overlays of the deployed model (QAT; float for INT8-only models) per defect class."""
     from quant.checkpoint import load_checkpoint
-    from qdeploy.build.common import test_pixels
     from reference.cams import write_cam_overlays
 
-    s = splits(ctx)
+    s = ctx.splits()
     twin = {t.key: t for t in tw.golden_cache(ctx)}
     key = "qat" if "qat" in twin else "float"
     model, _ = load_checkpoint(ctx.stage_dir("train") / key)
-    return write_cam_overlays(model, twin[key].label, test_pixels(ctx), s.test.labels, twin[key].logits,
+    return write_cam_overlays(model, twin[key].label, ctx.test_pixels(), s.test.labels, twin[key].logits,
                               s.class_names, s.ok_index, out_dir / "cams")
 
 
-def build_report(ctx: Context) -> dict:
+def build_report(ctx: Inputs) -> dict:
     targets = tw.built_targets(ctx)
     twins = list(tw.golden_cache(ctx))
     for t in targets:
-        twins += tw.TARGETS[t](ctx)
+        twins += tw.TWINS[t](ctx)
     models = model_entries(ctx, twins)
     report = {**_header(ctx), "targets_built": targets, "models": models, "fpga": _fpga_section(ctx),
               "bench": _bench_section(ctx)}
@@ -122,12 +120,12 @@ def build_report(ctx: Context) -> dict:
     return report
 
 
-def run_parity(ctx: Context, render_only: bool = False) -> dict:
+def run_parity(ctx: Inputs, render_only: bool = False) -> dict:
     from reference.render import print_console_summary, render_report
 
-    out_dir = ctx.build_dir / "report"
+    out_dir = ctx.layout.report_dir
     if render_only:
-        path = out_dir / "report.json"
+        path = out_dir / layout.REPORT
         if not path.is_file():
             raise UserError(f"no report in {out_dir}: run 'make parity' first")
         report = json.loads(path.read_text())
@@ -137,7 +135,7 @@ def run_parity(ctx: Context, render_only: bool = False) -> dict:
                           "(make target=fpga|npu|gpu build)[/yellow]")
         report = build_report(ctx)
         report["cams"] = _cam_section(ctx, out_dir)
-        write_json(out_dir / "report.json", report)
+        write_json(out_dir / layout.REPORT, report)
     paths = render_report(report, out_dir)
     print_console_summary(report, console=console)
     console.print(f"report: {paths['html']} (also {paths['md'].name}, report.json)")

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from qdeploy.atomic import atomic_path  # noqa: E402
+from core.atomic import atomic_path  # noqa: E402
 from quant.metrics import defect_scores, is_defect  # noqa: E402
 
 DPI = 110

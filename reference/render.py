@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.machine import summary
-from qdeploy.atomic import write_text
+from core.atomic import write_text
 from reference import plots
 
 MODEL_ORDER = ("float", "qat", "fpga", "npu_qat", "npu", "gpu_qat", "gpu")

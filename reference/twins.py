@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qdeploy.build.common import splits, test_pixels
-from qdeploy.errors import UserError
-from qdeploy.steps import Context
+from core import layout
+from core.errors import UserError
+from reference.inputs import Inputs
 
 
 @dataclass
@@ -30,14 +30,14 @@ class Twin:
     extra: dict = field(default_factory=dict)
 
 
-def golden(ctx: Context) -> list[Twin]:
+def golden(ctx: Inputs) -> list[Twin]:
     from quant.checkpoint import load_checkpoint
     from quant.train import predict
 
     d = ctx.stage_dir("train")
-    if not (d / "stage.json").is_file():
+    if not ctx.layout.finished("train"):
         raise UserError(f"no trained model in {d}: run 'make train' (or any build) first")
-    test = splits(ctx).test
+    test = ctx.splits().test
     r = ctx.recipe
     out = []
     for key, label, precision in (("float", "float (golden)", "fp32"),
@@ -73,7 +73,7 @@ def _one_step_bound(qmodel, pixels) -> float | None:
     return one_step_bound(step, weight.numpy())
 
 
-def npu(ctx: Context) -> list[Twin]:
+def npu(ctx: Inputs) -> list[Twin]:
     """The OpenVINO IR on the device OpenVINO picks.
 
     On the NPU, the NPU's result is the twin. On a CPU stand-in the twin is the IR's exact
@@ -82,18 +82,17 @@ def npu(ctx: Context) -> list[Twin]:
     saturate (no VNNI/AMX: core.machine) and so compute what the NPU never will."""
     from core import machine
     from core.compare import compare
-    from qdeploy.build.int8 import load_int8
     from quant.train import predict
     from targets.openvino_device import cpu_int8_kernels_faithful, select_device
     from targets.runners import OpenVINORunner
 
     r = ctx.recipe
-    qmodel, meta = load_int8(ctx, "npu")
+    qmodel, meta = ctx.load_int8("npu")
     label = f"NNCF INT8 {_int8_kind(ctx.recipe.npu)} (OpenVINO layout)"
-    ref = Twin("npu_qat", label, "qat", predict(qmodel, splits(ctx).test),
+    ref = Twin("npu_qat", label, "qat", predict(qmodel, ctx.splits().test),
                meta["threshold"], "pytorch+nncf", "cpu", "int8 fake-quant", target="npu")
-    xml = ctx.stage_dir("npu") / "model.xml"
-    pixels = test_pixels(ctx)
+    xml = ctx.layout.openvino_ir
+    pixels = ctx.test_pixels()
     choice = select_device(r.npu.device)
     runner = OpenVINORunner(xml, choice, precision_hint=r.npu.precision_hint, batch=1)
     cpu = machine.identity()
@@ -125,20 +124,19 @@ def npu(ctx: Context) -> list[Twin]:
     return [ref, twin]
 
 
-def gpu(ctx: Context) -> list[Twin]:
+def gpu(ctx: Inputs) -> list[Twin]:
     import json
 
-    from qdeploy.build.int8 import load_int8
     from quant.train import predict
     from targets.runners import OrtRunner
 
-    qmodel, meta = load_int8(ctx, "gpu")
+    qmodel, meta = ctx.load_int8("gpu")
     d = ctx.stage_dir("gpu")
     label = f"NNCF INT8 {_int8_kind(ctx.recipe.gpu)} (TensorRT layout)"
-    ref = Twin("gpu_qat", label, "qat", predict(qmodel, splits(ctx).test),
+    ref = Twin("gpu_qat", label, "qat", predict(qmodel, ctx.splits().test),
                meta["threshold"], "pytorch+nncf", "cpu", "int8 fake-quant", target="gpu")
-    runner = OrtRunner(d / "model.qdq.onnx", exact_qdq=True)
-    engine = d / "engine.json"
+    runner = OrtRunner(ctx.layout.qdq_onnx, exact_qdq=True)
+    engine = ctx.layout.trt_engine_record
     note = "TensorRT engine not built here; the QDQ ONNX ran on onnxruntime (CPU) as the reference"
     if engine.is_file():
         e = json.loads(engine.read_text())
@@ -146,10 +144,10 @@ def gpu(ctx: Context) -> list[Twin]:
             note = f"TensorRT engine not built ({e.get('skipped')}); the QDQ ONNX ran on onnxruntime (CPU)"
     note += ("; onnxruntime ran the Q/DQ nodes as ONNX defines them (no int8 kernel fusion), so this checks "
              "the artifact; an engine's int8 kernels round requantisation their own way (compare with polygraphy)")
-    pixels = test_pixels(ctx)
+    pixels = ctx.test_pixels()
     twin = Twin("gpu", "GPU target: QDQ ONNX on onnxruntime", "target", runner.predict(pixels),
                 meta["threshold"], "onnxruntime (Q/DQ as specified)", "cpu", "int8 QDQ", "gpu", "gpu_qat",
-                {"note": note, "artifact": str(d / "model.qdq.onnx"),
+                {"note": note, "artifact": str(ctx.layout.qdq_onnx),
                  "one_step_bound": _one_step_bound(qmodel, pixels)})
     return [ref, twin]
 
@@ -168,15 +166,15 @@ def fpga_stages(stage_dir):
     return out
 
 
-def fpga(ctx: Context) -> list[Twin]:
+def fpga(ctx: Inputs) -> list[Twin]:
     """The final dataflow model in FINN python execution. Only when it is not bit-exact are
     all stages re-checked, to name the first divergent node."""
-    from compilers.finn.parity import check_stages, compare, run_stage
-    from reference.gates import BIT_EXACT_REL
+    from compilers.finn.parity import check_stages, run_stage
+    from core.compare import BIT_EXACT_REL, compare
 
     d = ctx.stage_dir("fpga")
     qat = next(t for t in golden_cache(ctx) if t.key == "qat")
-    pixels = test_pixels(ctx)
+    pixels = ctx.test_pixels()
     stages = fpga_stages(d)
     missing = [s.model_path for s in stages if not s.model_path.is_file()]
     if missing:
@@ -185,28 +183,26 @@ def fpga(ctx: Context) -> list[Twin]:
     extra = {"artifact": str(stages[-1].model_path), "final_stage": stages[-1].name,
              "note": "FINN python execution of the generated dataflow graph (bit-accurate model of the "
                      "hardware); fps and resources are estimates until run on a board"}
-    if compare(logits, qat.logits)["rel_diff"] > BIT_EXACT_REL:
+    if compare(logits, qat.logits)["max_abs_diff_rel"] > BIT_EXACT_REL:
         per_stage = check_stages(stages, pixels, qat.logits)
         extra["stages"] = [p.to_dict() for p in per_stage]
         bad = next((p for p in per_stage if not p.exact), None)
-        if bad is not None and bad.first_divergence:
-            fd = bad.first_divergence
-            extra["first_divergent_node"] = (f"{fd.get('node')} ({fd.get('op_type', '?')}) in stage {bad.stage}: "
-                                             f"{fd.get('detail', '')}")
+        if bad is not None and bad.first_divergent_node:
+            extra["first_divergent_node"] = bad.first_divergent_node
     return [Twin("fpga", "FPGA target: FINN dataflow (python execution)", "target", logits, qat.threshold,
                  "finn python exec", "cpu (bit-accurate model of the FPGA)",
                  f"w{ctx.recipe.model.weight_bits}a{ctx.recipe.model.act_bits} integer", "fpga", "qat", extra)]
 
 
-def golden_cache(ctx: Context) -> list[Twin]:
+def golden_cache(ctx: Inputs) -> list[Twin]:
     if "golden_twins" not in ctx.values:
         ctx.values["golden_twins"] = golden(ctx)
     return ctx.values["golden_twins"]
 
 
-TARGETS = {"fpga": fpga, "npu": npu, "gpu": gpu}
+TWINS = {"fpga": fpga, "npu": npu, "gpu": gpu}  # one per core.targets.NAMES
 
 
-def built_targets(ctx: Context) -> list[str]:
+def built_targets(ctx: Inputs) -> list[str]:
     """Targets whose build stage finished (stage.json is written last)."""
-    return [t for t in TARGETS if (ctx.stage_dir(t) / "stage.json").is_file()]
+    return [t for t in TWINS if ctx.layout.finished(t)]

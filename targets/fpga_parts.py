@@ -15,37 +15,8 @@ On Alveo cards the platform shell takes part of the device (finn/util/platforms.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from qdeploy.errors import UserError
-
-# FINN's shell flows (finn.builder.build_dataflow_config.ShellFlowType values).
-_FINN_SHELL_FLOW = {"zynq-iodma": "vivado_zynq", "alveo": "vitis_alveo"}
-
-
-@dataclass(frozen=True)
-class Part:
-    name: str  # qdeploy's key, lower case (recipe `fpga.part`)
-    board: str  # the product, for reports
-    fpga_part: str  # the part string FINN/Vivado expect
-    family: str
-    luts: int
-    ffs: int
-    bram18: int  # 18 Kb block RAM halves
-    uram: int  # 288 Kb UltraRAM blocks
-    dsp: int
-    default_clock_mhz: float  # used when the recipe sets no clock
-    shell: str  # "zynq-iodma" (Zynq + PYNQ driver) or "alveo" (Vitis platform)
-    finn_board: str  # FINN's board name (finn.util.basic.part_map key)
-
-    @property
-    def finn_shell_flow(self) -> str:
-        return _FINN_SHELL_FLOW[self.shell]
-
-    def capacity(self) -> dict[str, int]:
-        """Resource capacities under the keys FINN's estimates use."""
-        return {"LUT": self.luts, "BRAM_18K": self.bram18, "URAM": self.uram, "DSP": self.dsp}
-
+from compilers.finn.part import Part
+from core.errors import UserError
 
 # XC7Z020: Zynq-7000 SoC Data Sheet: Overview (DS190), Table 1: 53,200 LUTs, 106,400
 # flip-flops, 140 x 36 Kb block RAM, 220 DSP slices, no UltraRAM. FINN's Zynq7020

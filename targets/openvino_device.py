@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 
 Requested = Literal["auto", "npu", "cpu"]
 PrecisionHint = Literal["f32", "default"]

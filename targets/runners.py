@@ -18,7 +18,7 @@ from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 from quant.preprocess import to_input_np
 
 

@@ -240,7 +240,7 @@ def _no_npu_here() -> bool:
 
 
 def _no_tensorrt_here() -> bool:
-    from targets.tensorrt_engine import tensorrt_available
+    from compilers.tensorrt.engine import tensorrt_available
 
     return not tensorrt_available()[0]
 
@@ -432,7 +432,7 @@ def test_interrupt_leaves_no_debris_and_the_next_run_resumes(trained, tmp_path, 
     """Ctrl-C inside a step, mid-way through an atomic write: exit 130, nothing half-written,
     and the rerun skips the finished stages and redoes the interrupted one."""
     import quant.export
-    from qdeploy.atomic import atomic_path, write_json
+    from core.atomic import atomic_path, write_json
 
     build = copy_of(trained, tmp_path)
     export_dir = build / RECIPE / "export"

@@ -77,7 +77,7 @@ def test_trained_model_points_at_the_synthetic_defects(tmp_path, one_torch_threa
     from PIL import Image
     from scipy.ndimage import binary_dilation
 
-    from qdeploy.build.common import splits, test_pixels
+    from qdeploy.stages.common import splits, test_pixels
     from qdeploy.cli import main
     from qdeploy.recipe import load_recipe
     from qdeploy.steps import Context

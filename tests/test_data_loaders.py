@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 from qdeploy.recipe import DatasetConfig
 from quant.data import images
 from quant.data.imageset import ImageSet

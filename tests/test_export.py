@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 from quant.export import check_qonnx, export_qonnx
 from quant.models import create_model
 from quant.preprocess import to_input_np

@@ -12,7 +12,7 @@ from compilers.finn import steps as S
 from compilers.finn.env import finn_build_dir
 from compilers.finn.flow import qonnx_reference, run_steps
 from compilers.finn.parity import Stage, check_stages
-from qdeploy.errors import UserError
+from core.errors import UserError
 from targets.fpga_parts import get_part
 
 SIZE = 16
@@ -27,8 +27,8 @@ def _lower(name, tmp_path, n=32, **kw):
 
 
 def test_plain_cnn_with_maxpool_and_folding_plugin(tmp_path):
-    """A plain CNN with MaxPool, folded by targets.folding instead of FINN's SetFolding."""
-    from targets.folding import fold
+    """A plain CNN with MaxPool, folded by compilers.finn.folding instead of FINN's SetFolding."""
+    from compilers.finn.folding import fold
 
     result, model, pixels = _lower("PlainCNN", tmp_path, folding=fold)
     assert result.bit_exact and all(p.argmax_agreement == 1.0 for p in result.parity)
@@ -105,7 +105,7 @@ def test_quant_models_resnet8_lowers_bit_exact(tmp_path):
     from quant.export import export_qonnx
     from quant.models import create_model
     from quant.preprocess import to_input
-    from targets.folding import fold
+    from compilers.finn.folding import fold
 
     torch.manual_seed(0)
     model = create_model("resnet8", 2, (64, 64))

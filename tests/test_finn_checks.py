@@ -6,7 +6,7 @@ import pytest
 from test_finn_models import exported
 
 from compilers.finn.checks import check_lowerable, find_problems
-from qdeploy.errors import UserError
+from core.errors import UserError
 
 
 def _load(path):

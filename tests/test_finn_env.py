@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from compilers.finn import env
-from qdeploy.errors import UserError
+from core.errors import UserError
 
 
 def test_fresh_process_imports_finn_builder_without_vivado(tmp_path):

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 from targets.fpga_parts import PARTS, get_part, list_parts
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 from quant.models import check_fpga, create_model, list_models, load_float_weights, model_info
 from quant.preprocess import to_input
 

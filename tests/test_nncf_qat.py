@@ -15,7 +15,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 from quant.nncf_qat import (
     export_qdq_onnx,
     finetune_steps,

@@ -10,7 +10,7 @@ from rich.console import Console
 from torch import nn
 
 from compilers.openvino_ir import describe_ir, to_openvino_ir
-from qdeploy.errors import UserError
+from core.errors import UserError
 from quant.nncf_qat import quantize_int8
 from core import machine
 from core.compare import one_step_bound

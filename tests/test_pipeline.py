@@ -93,6 +93,29 @@ def test_tampered_threshold_fails_the_gate_naming_the_node(built, tmp_path, caps
     err = capsys.readouterr().err
     assert code == 3
     assert "parity gate failed: fpga" in err and "first divergent node" in err
+    # the report, rendered from this real run, names the node in the per-stage table
+    report = json.loads((work / "default" / "report" / "report.json").read_text())
+    bad = [s for s in report["fpga"]["stages"] if not s["exact"]]
+    assert bad and bad[0]["stage"] == "hw_codegen" and bad[0]["first_divergent_node"].startswith(node.name)
+    md = (work / "default" / "report" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| hw_codegen |"))
+    assert node.name in row and "–" not in row.split("|")[-2]
+
+
+def test_a_changed_gate_reruns_parity_only(built, tmp_path, capsys):
+    """gates are in the parity step's digest: a stricter gate is applied on rebuild, the
+    target's build before it is kept."""
+    work = tmp_path / "copy"
+    shutil.copytree(built.parent, work)
+    capsys.readouterr()
+    assert main(["build", "--target", "gpu", "--build-dir", str(work), *SMALL,
+                 "--set", "gates.max_recall_drop=0.5"]) == 0
+    err = capsys.readouterr().err
+    assert "gpu [5/5] step_parity" in err and "step_nncf_qat: up to date" in err and "train: up to date" in err
+    parity = json.loads((work / "default" / "gpu" / "parity.json").read_text())
+    assert [g["limit"] for g in parity["gates"] if g["gate"] == "recall_drop_at_operating_point"] == [0.5]
+    code = main(["build", "--target", "gpu", "--build-dir", str(work), *SMALL, "--set", "gates.min_agreement=1.01"])
+    assert code == 2  # a bound outside [0, 1] is refused by the recipe, before anything runs
 
 
 def test_default_recipe_file_matches_embedded_default():

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compilers.tensorrt.qdq_export import finalize_qdq
 from compilers.tensorrt.qdq_layout import check_trt_layout
-from qdeploy.errors import UserError
+from core.errors import UserError
 from quant.preprocess import to_input, to_input_np
 
 SIZE = 32

@@ -1,6 +1,6 @@
 import pytest
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 from qdeploy.recipe import load_recipe, recipe_from_dict
 
 

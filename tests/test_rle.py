@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 from quant.data.rle import parse_rle, rle_area, rle_decode, rle_encode
 
 # A 4-row x 3-column mask. Column-major, 1-indexed numbering: pixel (r, c) is 1 + r + 4c,

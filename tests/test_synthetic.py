@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 from qdeploy.recipe import DatasetConfig
 from quant.data import synthetic as syn
 from quant.data.synthetic import CLASSES, DEFECT_TYPES, assign_classes, ensure_generated, generate, render

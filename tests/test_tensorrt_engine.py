@@ -19,8 +19,9 @@ import onnxruntime as ort
 import pytest
 
 from compilers.tensorrt.commands import write_trt_commands
-from qdeploy.errors import UserError
-from targets import tensorrt_engine as te
+from core.errors import UserError
+from compilers.tensorrt import engine as te
+from targets import tensorrt_runner as tr
 from test_qdq_layout import export_nncf_qdq, valid_model
 
 
@@ -381,9 +382,9 @@ def test_tensorrt_missing(monkeypatch, qdq_onnx, tmp_path):
     assert te.tensorrt_available() == (False, te.INSTALL_HINT)
     with pytest.raises(UserError, match="tensorrt is not installed"):
         te.build_engine(qdq_onnx, tmp_path / "m.engine")
-    assert te.build_and_measure(qdq_onnx, tmp_path) == {"engine": None, "skipped": te.INSTALL_HINT}
+    assert tr.build_and_measure(qdq_onnx, tmp_path) == {"engine": None, "skipped": te.INSTALL_HINT}
     with pytest.raises(UserError, match="gpu.require_engine is true but tensorrt is not installed"):
-        te.build_and_measure(qdq_onnx, tmp_path, require_engine=True)
+        tr.build_and_measure(qdq_onnx, tmp_path, require_engine=True)
 
 
 def test_stub_package_and_missing_cuda(monkeypatch, fake_trt):
@@ -406,7 +407,7 @@ def test_runner_batches_within_the_profile_and_matches_onnxruntime(fake_trt, mem
     from targets.runners import OrtRunner
 
     te.build_engine(qdq_onnx, tmp_path / "m.engine")
-    runner = te.TensorRTRunner(tmp_path / "m.engine", io=memory)
+    runner = tr.TensorRTRunner(tmp_path / "m.engine", io=memory)
     assert (runner.max_batch, runner.input_chw, runner.fixed_batch) == (16, (1, 8, 8), None)
     pixels = np.random.default_rng(0).integers(0, 256, size=(40, 1, 8, 8), dtype=np.uint8)
     fake_trt.calls.clear()
@@ -422,21 +423,21 @@ def test_runner_batches_within_the_profile_and_matches_onnxruntime(fake_trt, mem
     assert fn.images == 16 and len(memory.buffers) == uploads + 2  # an output buffer per call, no re-upload
     with pytest.raises(ValueError, match="at most 16"):
         runner.infer_fn(pixels[:17])
-    rates = te.measure_throughput(runner, batches=(1, 16), seconds=0.01, rounds=2)
+    rates = tr.measure_throughput(runner, batches=(1, 16), seconds=0.01, rounds=2)
     assert set(rates) == {1, 16} and all(r > 0 for r in rates.values())
 
 
 def test_runner_refuses_an_engine_it_cannot_load(fake_trt, memory, tmp_path):
     (tmp_path / "m.engine").write_bytes(b"built by another TensorRT")
     with pytest.raises(UserError, match="rebuild it here"):
-        te.TensorRTRunner(tmp_path / "m.engine", io=memory)
+        tr.TensorRTRunner(tmp_path / "m.engine", io=memory)
     with pytest.raises(UserError, match="not found"):
-        te.TensorRTRunner(tmp_path / "missing.engine", io=memory)
+        tr.TensorRTRunner(tmp_path / "missing.engine", io=memory)
     onnx.save(valid_model(), str(tmp_path / "m.onnx"))
     te.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine")
     fake_trt.output_dtype = "float16"  # e.g. built from an FP16-typed ONNX
     with pytest.raises(UserError, match="expected float32 input and output"):
-        te.TensorRTRunner(tmp_path / "m.engine", io=memory)
+        tr.TensorRTRunner(tmp_path / "m.engine", io=memory)
 
 
 # --- trtexec / polygraphy commands ------------------------------------------------------
@@ -495,13 +496,13 @@ def test_real_engine_matches_onnxruntime(tmp_path):
 
     _, _, onnx_path, _ = export_nncf_qdq(tmp_path)
     build = te.build_engine(onnx_path, tmp_path / "model.engine", tmp_path / "timing.cache")
-    runner = te.TensorRTRunner(build.engine)
+    runner = tr.TensorRTRunner(build.engine)
     pixels = np.random.default_rng(3).integers(0, 256, size=(128, *runner.input_chw), dtype=np.uint8)
     expected = OrtRunner(onnx_path).predict(pixels)
     got = runner.predict(pixels)
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.99
     assert np.abs(got - expected).max() <= 0.05 * np.abs(expected).max()
-    rates = te.measure_throughput(runner, batches=(1, 16))
+    rates = tr.measure_throughput(runner, batches=(1, 16))
     assert rates[1] > 0 and rates[16] > 0
     rebuilt = te.build_engine(onnx_path, tmp_path / "model.engine", tmp_path / "timing.cache")
     assert rebuilt.timing_cache_loaded

@@ -1,7 +1,7 @@
 """FINN (finn-plus) compiler: QONNX -> dataflow design with HLS/RTL sources, checked at every stage.
 
     from compilers.finn import lower
-    result = lower("model.qonnx.onnx", "build/fpga", part, clock_mhz=200, target_fps=20000,
+    result = lower("build/default/export/model.qonnx.onnx", "build/default/fpga", part, clock_mhz=200, target_fps=20000,
                    budget=0.7, samples_uint8=test_pixels, reference_logits=logits)
 
 Modules: env (FINN without Vivado), checks (what FINN cannot lower), steps (the named

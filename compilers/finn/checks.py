@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 
 _ACTIVATIONS = {
     "Sigmoid": "Sigmoid/SiLU (swish)",

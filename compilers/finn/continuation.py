@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from qdeploy.atomic import write_text
-from qdeploy.errors import UserError
+from core.atomic import write_text
+from core.errors import UserError
 
 # FINN step names (finn.builder.build_dataflow_steps), in order.
 VIVADO_STEPS = (

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 
 _READY = False
 

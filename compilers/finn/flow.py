@@ -30,8 +30,9 @@ import numpy as np
 
 from compilers.finn import steps as S
 from compilers.finn.env import ensure_finn, finn_build_dir, tool_environment, vivado_available
-from qdeploy.atomic import write_json, write_text
-from qdeploy.errors import UserError
+from compilers.finn.part import Part
+from core.atomic import write_json, write_text
+from core.errors import UserError
 from quant import float64_values
 
 Step = Callable[[Any, S.FlowConfig], Any]
@@ -243,16 +244,9 @@ def collect_result(cfg: S.FlowConfig, times, parity, final_path: Path, command: 
 # ---------------------------------------------------------------------------------------
 
 
-def resolve_part(part):
-    if isinstance(part, str):
-        try:
-            from targets.fpga_parts import get_part
-        except ImportError:
-            raise UserError(f"FPGA part '{part}' given by name but targets.fpga_parts is not available") from None
-        return get_part(part)
-    missing = [a for a in ("fpga_part",) if not getattr(part, a, None)]
-    if missing:
-        raise UserError(f"part {part!r} has no fpga_part (a Xilinx part number such as xczu7ev-ffvc1156-2-e)")
+def resolve_part(part: Part) -> Part:
+    if not isinstance(part, Part):
+        raise TypeError(f"part must be a compilers.finn.part.Part (targets.fpga_parts.get_part), got {part!r}")
     return part
 
 

@@ -6,10 +6,10 @@ post-partition stage runs inside the parent graph (host ops + that stage's parti
 
 Metrics per stage, on float logits:
 - max_abs_diff:  max |stage - reference|;
-- rel_diff:      max_abs_diff / logit scale, the scale being max |reference|;
+- max_abs_diff_rel: max_abs_diff / logit scale, the scale being max |reference|;
 - argmax_agreement: fraction of samples whose stage argmax is a reference argmax
                  (a reference tie within the tolerance counts as agreement);
-- exact:         rel_diff <= EXACT_REL (float rounding only: the integer datapath
+- exact:         max_abs_diff_rel <= core.compare.BIT_EXACT_REL (float rounding only: the integer datapath
                  matches and only the final float scale may round differently).
 
 A stage whose python-mode graph is identical to an earlier stage's (`semantic_digest`:
@@ -32,7 +32,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-EXACT_REL = 1e-5
+from core.compare import BIT_EXACT_REL, compare
+
+# two intermediate tensors "match" (first_divergence) within this share of their scale;
+# logits are compared by core.compare (BIT_EXACT_REL)
+MATCH_REL = 1e-5
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class StageParity:
     n: int
     argmax_agreement: float
     max_abs_diff: float
-    rel_diff: float
+    max_abs_diff_rel: float
     exact: bool
     seconds: float
     first_divergence: Optional[dict] = None
@@ -57,8 +61,16 @@ class StageParity:
     same_as: Optional[str] = None  # an earlier stage with the same python-mode graph: its result
 
 
+    @property
+    def first_divergent_node(self) -> Optional[str]:
+        """The first divergent node in words, e.g. "MultiThreshold_3 (MultiThreshold): ..."."""
+        fd = self.first_divergence
+        if not fd:
+            return None
+        return f"{fd.get('node')} ({fd.get('op_type', '?')}) in stage {self.stage}: {fd.get('detail', '')}".rstrip(": ")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "first_divergent_node": self.first_divergent_node}
 
 
 def _load(path):
@@ -86,23 +98,6 @@ def run_stage(stage: Stage, pixels: np.ndarray, batch: int = 64, reference_mode:
     return np.concatenate(chunks, axis=0).reshape(len(x), -1)
 
 
-def compare(logits: np.ndarray, reference: np.ndarray) -> dict:
-    logits = np.asarray(logits, dtype=np.float64).reshape(reference.shape)
-    ref = np.asarray(reference, dtype=np.float64)
-    scale = float(np.max(np.abs(ref))) or 1.0
-    d = np.abs(logits - ref)
-    tol = EXACT_REL * scale
-    picked = ref[np.arange(len(ref)), logits.argmax(axis=1)]
-    agree = picked >= ref.max(axis=1) - tol
-    return {
-        "max_abs_diff": float(d.max()) if d.size else 0.0,
-        "rel_diff": float(d.max() / scale) if d.size else 0.0,
-        "argmax_agreement": float(agree.mean()) if len(agree) else 1.0,
-        "exact": bool(d.size == 0 or d.max() <= tol),
-        "worst_sample": int(d.max(axis=1).argmax()) if d.size else 0,
-    }
-
-
 def check_stages(stages: Sequence[Stage], pixels: np.ndarray, reference: np.ndarray, batch: int = 64,
                  localize: bool = True, executor_samples: int = 2) -> list[StageParity]:
     """Parity of every stage; the first divergent node for stages that are not exact.
@@ -126,11 +121,11 @@ def check_stages(stages: Sequence[Stage], pixels: np.ndarray, reference: np.ndar
         xcheck, mode = None, "batched"
         if executor_samples:
             xcheck = check_executor(stage, pixels[:executor_samples])
-            if xcheck > EXACT_REL:
+            if xcheck > BIT_EXACT_REL:
                 mode = "per-sample"
         logits = run_stage(stage, pixels, batch=batch, reference_mode=mode == "per-sample")
         m = compare(logits, reference)
-        res = StageParity(stage.name, len(pixels), m["argmax_agreement"], m["max_abs_diff"], m["rel_diff"],
+        res = StageParity(stage.name, len(pixels), m["argmax_agreement"], m["max_abs_diff"], m["max_abs_diff_rel"],
                           m["exact"], 0.0, None, xcheck, mode)
         if not m["exact"] and localize:
             res.first_divergence = first_divergence(stage, last_good, pixels[m["worst_sample"] : m["worst_sample"] + 1])
@@ -274,7 +269,7 @@ def _fit(a: np.ndarray, b: np.ndarray) -> Optional[float]:
     if a.shape != b.shape or den == 0.0:
         return None
     c = float(np.sum(a * b)) / den
-    return c if np.max(np.abs(a - c * b)) <= EXACT_REL * max(1.0, float(np.max(np.abs(a)))) else None
+    return c if np.max(np.abs(a - c * b)) <= MATCH_REL * max(1.0, float(np.max(np.abs(a)))) else None
 
 
 def _views(b: np.ndarray, shape) -> list[np.ndarray]:
@@ -285,7 +280,7 @@ def _views(b: np.ndarray, shape) -> list[np.ndarray]:
 
 
 def _matches(a: np.ndarray, b: np.ndarray, scale_ok: bool) -> bool:
-    tol = EXACT_REL * max(1.0, float(np.max(np.abs(a))))
+    tol = MATCH_REL * max(1.0, float(np.max(np.abs(a))))
     for v in _views(b, a.shape):
         if scale_ok:
             den = float(np.sum(v * v))

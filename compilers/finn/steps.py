@@ -13,7 +13,7 @@ work as they are. Our own steps replace them where something had to change:
                               non-negative thresholds on the ResNet shortcut pattern.
 - create_dataflow_partition:  a graph that does not partition is a UserError naming the
                               node; the parent graph is written atomically.
-- folding:                    the seam where a folding plugin (targets.folding) plugs in;
+- folding:                    the seam where a folding plugin (compilers.finn.folding) plugs in;
                               FINN's SetFolding when none is given.
 - estimate_reports:           FINN's analyses and report formats, written atomically.
 """
@@ -26,8 +26,8 @@ from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
-from qdeploy.atomic import atomic_path, write_json
-from qdeploy.errors import UserError
+from core.atomic import atomic_path, write_json
+from core.errors import UserError
 
 # Node attributes that make up a folding configuration (FINN's list, as in
 # step_target_fps_parallelization / step_apply_folding_config).
@@ -52,7 +52,7 @@ FOLDING_ATTRS = (
 
 
 class FoldingPlan(Protocol):
-    """What a folding plugin returns (targets.folding.FoldingResult satisfies this)."""
+    """What a folding plugin returns (compilers.finn.folding.FoldingResult satisfies this)."""
 
     config: dict  # a FINN folding config: {"Defaults": {...}, "<node name>": {"PE": .., "SIMD": ..}}
     est_fps: float

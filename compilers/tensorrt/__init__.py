@@ -4,8 +4,10 @@
     check_trt_layout(model_or_path) -> LayoutReport                 (qdq_layout)
     write_trt_commands(onnx_path, ...) -> TrtCommands                (commands)
 
-Nothing here imports tensorrt: these run on any machine. Building and running an engine
-is targets/tensorrt_engine.py.
+    build_engine(onnx_path, engine_path, ...) -> EngineBuild           (engine; needs tensorrt)
+
+tensorrt is imported lazily (engine.py), so everything here imports on any machine.
+Running an engine is targets/tensorrt_runner.py.
 """
 from compilers.tensorrt.commands import TrtCommands, write_trt_commands
 from compilers.tensorrt.qdq_export import FinalizeReport, finalize_qdq

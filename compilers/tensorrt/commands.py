@@ -22,8 +22,8 @@ import numpy as np
 
 from compilers.tensorrt.qdq_export import input_spec
 from compilers.tensorrt.qdq_layout import load_model
-from qdeploy import atomic
-from qdeploy.errors import UserError
+from core import atomic
+from core.errors import UserError
 
 SCRIPT_NAME = "trt_build.sh"
 README_NAME = "TENSORRT.md"

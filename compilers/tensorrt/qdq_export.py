@@ -32,8 +32,8 @@ import onnxoptimizer
 from onnx import TensorProto, helper, numpy_helper
 
 from compilers.tensorrt.qdq_layout import GraphIndex, attr, check_trt_layout, load_model
-from qdeploy import atomic
-from qdeploy.errors import UserError
+from core import atomic
+from core.errors import UserError
 from quant.preprocess import to_input_np
 
 MIN_OPSET = 13  # per-channel DequantizeLinear (axis) needs opset 13

@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 COMPUTE_OPS = ("Conv", "Gemm", "MatMul")

@@ -26,7 +26,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from qdeploy.atomic import atomic_path
+from core.atomic import atomic_path
 from quant.data.images import read_gray
 
 THUMB = 48

@@ -107,3 +107,9 @@ class ImageSet(Dataset):
         idx = [int(i) for i in indices]
         return ImageSet([self.paths[i] for i in idx], self.labels[idx], [self.keys[i] for i in idx], self.size,
                         self.geometry, [self.boxes[i] for i in idx], self.class_names, self.cache_bytes)
+
+
+def stack_pixels(images: ImageSet, limit: int | None = None) -> np.ndarray:
+    """The first `limit` (default: all) images of a set as one uint8 array [N,1,H,W]."""
+    n = len(images) if limit is None else min(limit, len(images))
+    return np.stack([images.pixels(i) for i in range(n)])[:, None]

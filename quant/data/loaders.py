@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 from quant.data.images import IMAGE_EXTENSIONS, Box, image_size, is_image_file, read_mask, tile_boxes
 from quant.data.rle import parse_rle, rle_decode
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 
 
 def parse_rle(rle: str, num_pixels: int, where: str = "RLE") -> tuple[np.ndarray, np.ndarray]:

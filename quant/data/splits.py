@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 from quant.data.dedup import NEAR_DUP_NCC, THUMB, duplicate_groups, file_hashes, near_duplicates
 from quant.data.images import image_sizes
 from quant.data.imageset import ImageSet

@@ -59,8 +59,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from qdeploy.atomic import atomic_dir, atomic_path
-from qdeploy.errors import UserError
+from core.atomic import atomic_dir, atomic_path
+from core.errors import UserError
 
 GENERATOR_VERSION = 2  # bump whenever the pixels change: it is part of the cache key
 CLASSES = ("ok", "scratch", "pit", "crack", "inclusion")

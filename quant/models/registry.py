@@ -18,7 +18,7 @@ from typing import Callable
 
 from torch import nn
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 from quant.models.layers import Bits
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 
 _QUANTIZER_MARKERS = (".act_quant.", ".weight_quant.", ".input_quant.", ".output_quant.", ".trunc_quant.")
 

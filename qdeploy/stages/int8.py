@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qdeploy.build.common import splits
+from qdeploy.stages.common import splits
 from qdeploy.steps import Context
 
-CHECKPOINT = "qat_nncf.pt"
 
 
 def calibration_batches(ctx: Context, batch_size: int = 32):
@@ -30,7 +29,7 @@ def calibration_batches(ctx: Context, batch_size: int = 32):
 def float_model(ctx: Context):
     from quant.checkpoint import load_checkpoint
 
-    model, meta = load_checkpoint(ctx.stage_dir("train") / "float")
+    model, meta = load_checkpoint(ctx.layout.float_checkpoint)
     return model, meta
 
 
@@ -80,7 +79,7 @@ def train_int8(ctx: Context, stage: str, mode: str, epochs: int) -> Path:
                            overflow_fix=overflow_fix)
     hist = fit(qmodel, s, r.train, epochs, r.train.lr * 0.05, r.seed + 2, f"INT8 QAT ({mode})")
     thr = metrics.choose_threshold(predict(qmodel, s.val), s.val.labels, s.ok_index, r.train.target_recall, r.train.target_fpr)
-    path = ctx.stage_dir(stage) / CHECKPOINT
+    path = ctx.layout.int8_checkpoint(stage)
     save_nncf_checkpoint(path, qmodel, {"model": meta["model"], "mode": mode, "overflow_fix": overflow_fix, "threshold": thr, "history": hist,
                                         "class_names": list(s.class_names), "ok_index": s.ok_index})
     ctx.values[f"{stage}_qmodel"] = qmodel
@@ -96,5 +95,5 @@ def load_int8(ctx: Context, stage: str):
     if key not in ctx.values:
         _, meta = float_model(ctx)
         fresh = fold_batchnorm(create_model(**meta["model"]))  # the structure QAT ran on
-        ctx.values[key] = load_nncf_checkpoint(ctx.stage_dir(stage) / CHECKPOINT, fresh)
+        ctx.values[key] = load_nncf_checkpoint(ctx.layout.int8_checkpoint(stage), fresh)
     return ctx.values[key]

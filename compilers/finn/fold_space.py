@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 import onnx
 
-from targets.fpga_parts import Part
+from compilers.finn.part import Part
 
 RESOURCES = ("LUT", "BRAM_18K", "URAM", "DSP")
 # Attributes the rules may set.

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from qdeploy.errors import UserError
+from core.errors import UserError
 
 
 def _check_writable_dir(directory: Path) -> None:

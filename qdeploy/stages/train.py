@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 from rich.table import Table
 
-from qdeploy.atomic import atomic_path, write_json
-from qdeploy.build.common import model_args, splits
-from qdeploy.steps import Context, console
+from core.atomic import atomic_path, write_json
+from qdeploy.stages.common import model_args, splits
+from core.console import console
+from qdeploy.steps import Context
 
 
 def check_model(ctx: Context):
@@ -26,7 +27,7 @@ def step_train_float(ctx: Context):
     args = model_args(ctx, quantized=False)
     model = create_model(**args)
     hist = fit(model, splits(ctx), r.train, r.train.float_epochs, r.train.lr, r.seed, "float")
-    save_checkpoint(ctx.stage_dir("train") / "float", model, {"model": args, "history": hist})
+    save_checkpoint(ctx.layout.float_checkpoint, model, {"model": args, "history": hist})
     ctx.values["float_model"] = model
 
 
@@ -62,11 +63,11 @@ def step_train_qat(ctx: Context):
     if float_model is None:
         from quant.checkpoint import load_checkpoint
 
-        float_model, _ = load_checkpoint(ctx.stage_dir("train") / "float")
+        float_model, _ = load_checkpoint(ctx.layout.float_checkpoint)
     transfer = load_float_weights(model, float_model)
     hist = fit(model, splits(ctx), r.train, r.train.qat_epochs, qat_lr(r.train), r.seed + 1,
                f"W{r.model.weight_bits}A{r.model.act_bits}", freeze_bn_from=r.train.qat_freeze_bn_after)
-    save_checkpoint(ctx.stage_dir("train") / "qat", model, {"model": args, "history": hist,
+    save_checkpoint(ctx.layout.qat_checkpoint, model, {"model": args, "history": hist,
                                                              "init_from_float": {"loaded": len(transfer.loaded),
                                                                                  "quantizer_keys_new": len(transfer.quantizer_keys)}})
     ctx.values["qat"] = (model, {"model": args})

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from qdeploy.atomic import write_json
-from qdeploy.errors import UserError
-from qdeploy.build.common import qat_checkpoint, test_pixels
-from qdeploy.steps import Context, console
+from core.atomic import write_json
+from core.errors import UserError
+from qdeploy.stages.common import qat_checkpoint, test_pixels
+from qdeploy.stages.harness import target_parity
+from core.console import console
+from qdeploy.steps import Context
 
 STAGE = "fpga"
 
@@ -36,7 +38,7 @@ def step_lower(ctx: Context):
     """FINN flow with our folding; FINN's SetFolding is run at the same point for comparison."""
     from compilers.finn.flow import lower
     from quant.train import predict
-    from targets.folding import fold, finn_setfolding
+    from compilers.finn.folding import fold, finn_setfolding
     from targets.fpga_parts import get_part
 
     r = ctx.recipe.fpga
@@ -56,7 +58,7 @@ def step_lower(ctx: Context):
     pixels = parity_pixels(ctx)
     model, _ = qat_checkpoint(ctx)
     reference = predict(model, pixels, float64=True)  # what FINN's integer design must reproduce
-    result = lower(ctx.stage_dir("export") / "model.qonnx.onnx", ctx.stage_dir(STAGE), part, r.clock_mhz,
+    result = lower(ctx.layout.qonnx, ctx.stage_dir(STAGE), part, r.clock_mhz,
                    r.target_fps, r.budget, samples_uint8=pixels, reference_logits=reference, folding=fold_and_compare,
                    log=lambda msg: console.print(f"  {msg}"))
     summary = {**kept["fold"].to_report(), "setfolding": kept["setfolding"],
@@ -68,7 +70,7 @@ def step_lower(ctx: Context):
     # FINN's own estimate of the final design is the headline; our search's numbers match it
     summary["est_fps"] = result.est_fps
     summary["resources"] = result.resources
-    write_json(ctx.stage_dir(STAGE) / "fpga_summary.json", summary)
+    write_json(ctx.layout.fpga_summary, summary)
     _print_summary(summary)
 
 
@@ -85,9 +87,10 @@ def _print_summary(s: dict) -> None:
 
 
 def step_parity(ctx: Context):
-    from reference.parity import target_parity
-
     target_parity(ctx, STAGE)
+
+
+step_parity.inputs = ("gates",)  # a changed gate re-runs this step, not the build before it
 
 
 PREFLIGHT = [check_part_and_model]

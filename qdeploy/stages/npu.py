@@ -2,7 +2,8 @@
 OpenVINO IR -> parity on the device OpenVINO picks."""
 from __future__ import annotations
 
-from qdeploy.build.int8 import load_int8, train_int8
+from qdeploy.stages.int8 import load_int8, train_int8
+from qdeploy.stages.harness import target_parity
 from qdeploy.steps import Context
 
 STAGE = "npu"
@@ -25,13 +26,14 @@ def step_openvino_ir(ctx: Context):
 
     h, w = ctx.recipe.dataset.size
     qmodel, _ = load_int8(ctx, STAGE)
-    to_openvino_ir(qmodel, (1, 1, h, w), ctx.stage_dir(STAGE) / "model.xml")
+    to_openvino_ir(qmodel, (1, 1, h, w), ctx.layout.openvino_ir)
 
 
 def step_parity(ctx: Context):
-    from reference.parity import target_parity
-
     target_parity(ctx, STAGE)
+
+
+step_parity.inputs = ("gates",)  # a changed gate re-runs this step, not the build before it
 
 
 PREFLIGHT = [check_device]

@@ -4,7 +4,7 @@
 after FINN's convert_to_hw, create_dataflow_partition and specialize_layers:
 
 1. Every HW layer's legal foldings are listed and priced with FINN's own per-node
-   estimates (targets.fold_space): cycles per frame, LUT, BRAM_18K, URAM, DSP.
+   estimates (compilers.finn.fold_space): cycles per frame, LUT, BRAM_18K, URAM, DSP.
 2. With the cycle budget C = clock / target_fps, each layer takes its cheapest folding
    that needs at most C cycles. "Cheapest" prices each resource by the part's budget of
    it (LUT / (0.7 * LUTs), ...), and a resource gets dearer as the design fills it
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from qdeploy.errors import UserError
-from targets import fold_space as fs
-from targets.fpga_parts import Part, get_part
+from core.errors import UserError
+from compilers.finn import fold_space as fs
+from compilers.finn.part import Part
 
 RESOURCES = fs.RESOURCES
 _ROUNDS = 40  # re-weighting rounds per cycle budget
@@ -98,7 +98,7 @@ class FoldingInfeasible(UserError):
 # ---------------------------------------------------------------- public API
 
 
-def fold(model, part: Part | str, clock_mhz: float | None, target_fps: float, budget: float = 0.7) -> FoldingResult:
+def fold(model, part: Part, clock_mhz: float | None, target_fps: float, budget: float = 0.7) -> FoldingResult:
     """Fold `model` (FINN dataflow child, specialized) for `target_fps`; modifies it in place.
 
     `clock_mhz=None` means the part's default clock.
@@ -134,7 +134,7 @@ def apply_folding(model, config: dict):
     return model
 
 
-def finn_setfolding(model, part: Part | str, clock_mhz: float | None, target_fps: float,
+def finn_setfolding(model, part: Part, clock_mhz: float | None, target_fps: float,
                     budget: float = 0.7) -> FoldingResult:
     """FINN's own SetFolding (builder defaults) on a copy of `model`, summarized like `fold`.
 
@@ -307,8 +307,9 @@ def _infeasible(search, part, clock_hz, target_fps, budget, budget_cycles, min_c
 # ---------------------------------------------------------------- helpers
 
 
-def _part_and_clock(part: Part | str, clock_mhz: float | None) -> tuple[Part, float]:
-    part = get_part(part) if isinstance(part, str) else part
+def _part_and_clock(part: Part, clock_mhz: float | None) -> tuple[Part, float]:
+    if not isinstance(part, Part):
+        raise TypeError(f"part must be a compilers.finn.part.Part (targets.fpga_parts.get_part), got {part!r}")
     return part, part.default_clock_mhz if clock_mhz is None else clock_mhz
 
 

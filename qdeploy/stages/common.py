@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from qdeploy.steps import Context, console
+from core.console import console
+from qdeploy.steps import Context
 
 def splits(ctx: Context):
     if "splits" not in ctx.values:
         from quant.data.splits import load_splits
 
         r = ctx.recipe
-        s = ctx.values["splits"] = load_splits(r.dataset, r.seed, ctx.build_dir.parent / "_data")
+        s = ctx.values["splits"] = load_splits(r.dataset, r.seed, ctx.layout.data_cache)
         console.print(f"data: {r.dataset.kind} {'x'.join(map(str, r.dataset.size))}, classes {list(s.class_names)}, "
                       f"train/val/test {len(s.train)}/{len(s.val)}/{len(s.test)}")
         for note in s.notes:
@@ -28,14 +29,14 @@ def model_args(ctx: Context, quantized: bool) -> dict:
 
 def test_pixels(ctx: Context, limit: int | None = None) -> np.ndarray:
     """The test set as uint8 [N,1,H,W] (the same images, in the same order, for every target)."""
-    s = splits(ctx).test
-    n = len(s) if limit is None else min(limit, len(s))
-    return np.stack([s.pixels(i) for i in range(n)])[:, None]
+    from quant.data.imageset import stack_pixels
+
+    return stack_pixels(splits(ctx).test, limit)
 
 
 def qat_checkpoint(ctx: Context):
     from quant.checkpoint import load_checkpoint
 
     if "qat" not in ctx.values:
-        ctx.values["qat"] = load_checkpoint(ctx.stage_dir("train") / "qat")
+        ctx.values["qat"] = load_checkpoint(ctx.layout.qat_checkpoint)
     return ctx.values["qat"]

@@ -1,17 +1,18 @@
 """Stage `export`: QONNX export of the QAT model, checked with qonnx against torch."""
 from __future__ import annotations
 
-from qdeploy.atomic import write_json
-from qdeploy.build.common import qat_checkpoint, test_pixels
-from qdeploy.errors import UserError
-from qdeploy.steps import Context, console
+from core.atomic import write_json
+from qdeploy.stages.common import qat_checkpoint, test_pixels
+from core.errors import UserError
+from core.console import console
+from qdeploy.steps import Context
 
 def step_export_qonnx(ctx: Context):
     from quant.export import check_qonnx, export_qonnx
     from quant.preprocess import to_input_np
 
     model, meta = qat_checkpoint(ctx)
-    path = export_qonnx(model, tuple(ctx.recipe.dataset.size), ctx.stage_dir("export") / "model.qonnx.onnx")
+    path = export_qonnx(model, tuple(ctx.recipe.dataset.size), ctx.layout.qonnx)
     check = check_qonnx(path, model, to_input_np(test_pixels(ctx, limit=64)))
     write_json(ctx.stage_dir("export") / "check.json", check)
     console.print(f"QONNX export {path}: qonnx vs torch on {check['n']} test images: "

@@ -7,40 +7,33 @@ Steps are thin: they take what they need from the context, call library function
 """
 from __future__ import annotations
 
-from importlib import import_module
-
+from core.targets import NAMES, TARGETS
 from qdeploy import __version__
+from qdeploy.stages import export, fpga, gpu, npu, train
 from qdeploy.steps import Context, run_stage
 
-# stage -> the recipe sections its result depends on
-INPUTS = {
-    "train": ("seed", "dataset", "model", "train"),
-    "export": ("seed", "dataset", "model", "train"),
-    "fpga": ("seed", "dataset", "model", "train", "fpga"),
-    "npu": ("seed", "dataset", "model", "train", "npu"),
-    "gpu": ("seed", "dataset", "model", "train", "gpu"),
-}
+# stage -> its module (PREFLIGHT, STEPS) and the recipe sections every one of its steps reads;
+# a step may read more (its `inputs` attribute, e.g. the gates of a parity step)
+STAGES = {"train": train, "export": export, "fpga": fpga, "npu": npu, "gpu": gpu}
+COMMON = ("seed", "dataset", "model", "train")
+INPUTS = {"train": COMMON, "export": COMMON, **{t: (*COMMON, TARGETS[t].section) for t in NAMES}}
 
-PLAN = {
-    "train": ["train"],
-    "export": ["train", "export"],
-    "fpga": ["train", "export", "fpga"],
-    "npu": ["train", "npu"],
-    "gpu": ["train", "gpu"],
-}
+# command -> the stages it runs (a target's build plan comes from the target registry)
+PLAN = {"train": ["train"], "export": ["train", "export"], **{t: list(TARGETS[t].stages) for t in NAMES}}
 
 
 def steps_of(stage: str) -> list:
-    return import_module(f"qdeploy.build.{stage}").STEPS
+    return STAGES[stage].STEPS
 
 
 def preflight_of(stage: str) -> list:
     """A stage's cheap checks (part, model, device): they run before any stage of the plan."""
-    return getattr(import_module(f"qdeploy.build.{stage}"), "PREFLIGHT", [])
+    return getattr(STAGES[stage], "PREFLIGHT", [])
 
 
-def stage_digest(recipe, stage: str) -> str:
-    return f"{__version__}-{recipe.digest(*INPUTS[stage])}"
+def step_digests(recipe, stage: str) -> list[str]:
+    """One digest per step: the qdeploy version, the stage's sections and the step's own inputs."""
+    return [f"{__version__}-{recipe.digest(*INPUTS[stage], *getattr(step, 'inputs', ()))}" for step in steps_of(stage)]
 
 
 def run_plan(ctx: Context, command: str, force: bool = False) -> None:
@@ -52,4 +45,4 @@ def run_plan(ctx: Context, command: str, force: bool = False) -> None:
         for check in preflight_of(stage):
             check(ctx)
     for stage in stages:
-        run_stage(ctx, stage, steps_of(stage), stage_digest(ctx.recipe, stage), force=force and stage == stages[-1])
+        run_stage(ctx, stage, steps_of(stage), step_digests(ctx.recipe, stage), force=force and stage == stages[-1])
