@@ -264,29 +264,6 @@ def head_input_step(qmodel: nn.Module, example_input: torch.Tensor) -> tuple[flo
     return float(q.scale.detach().abs().max()) / float(q.level_high), head.weight.detach().clone()
 
 
-# --- a tiny fine-tuning helper (the real loop is quant.train.fit) -----------------------
-
-
-def finetune_steps(
-    qmodel: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float = 1e-4, seed: int = 0
-) -> list[float]:
-    """Run `steps` SGD steps of cross-entropy on (float input, label) batches; return losses."""
-    torch.manual_seed(seed)
-    optimizer = torch.optim.SGD([p for p in qmodel.parameters() if p.requires_grad], lr=lr, momentum=0.9)
-    losses: list[float] = []
-    qmodel.train()
-    for step, (x, y) in enumerate(batches):
-        if step == steps:
-            break
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(qmodel(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss))
-    qmodel.eval()
-    return losses
-
-
 # --- checkpoints -------------------------------------------------------------------------
 
 

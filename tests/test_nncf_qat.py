@@ -7,6 +7,7 @@ something before it is quantized.
 from __future__ import annotations
 
 import functools
+from typing import Iterable
 
 import numpy as np
 import onnx
@@ -18,7 +19,6 @@ from torch import nn
 from core.errors import UserError
 from quant.nncf_qat import (
     export_qdq_onnx,
-    finetune_steps,
     load_nncf_checkpoint,
     quantize_int8,
     quantizer_summary,
@@ -27,6 +27,27 @@ from quant.nncf_qat import (
 from quant.preprocess import to_input
 
 SIZE = 32
+
+
+def finetune_steps(
+    qmodel: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int, lr: float = 1e-4, seed: int = 0
+) -> list[float]:
+    """`steps` SGD steps of cross-entropy on (float input, label) batches; returns the losses
+    (test scaffolding: the real loop is quant.train.fit)."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.SGD([p for p in qmodel.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+    losses: list[float] = []
+    qmodel.train()
+    for step, (x, y) in enumerate(batches):
+        if step == steps:
+            break
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(qmodel(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    qmodel.eval()
+    return losses
 
 
 class TinyNet(nn.Module):

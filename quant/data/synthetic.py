@@ -59,7 +59,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from core.atomic import atomic_dir, atomic_path
+from core.atomic import atomic_dir
 from core.errors import UserError
 
 GENERATOR_VERSION = 2  # bump whenever the pixels change: it is part of the cache key
@@ -525,42 +525,3 @@ def ensure_generated(cfg, seed: int, cache_dir: Path, *, difficulty: float | Non
         ):
             return root
     return generate(root, cfg.num_images, size, cfg.defect_fraction, seed, difficulty=difficulty)
-
-
-# --------------------------------------------------------------------------- preview
-
-
-def contact_sheet(
-    path: Path,
-    seed: int = 0,
-    size: tuple[int, int] = (64, 64),
-    per_class: int = 5,
-    scale: int = 3,
-    difficulty: float = DEFAULT_DIFFICULTY,
-    start: int = 0,
-) -> Path:
-    """A PNG grid, one row per class, each sample raw and with its mask outlined in red."""
-    from PIL import ImageDraw
-
-    h, w = size
-    pad, label_w = 4, 70
-    cell = 2 * w * scale + 1 + pad  # raw image | same image with the mask outlined
-    sheet = Image.new("RGB", (label_w + per_class * cell, len(CLASSES) * (h * scale + pad)), (40, 40, 40))
-    draw = ImageDraw.Draw(sheet)
-    for row, kind in enumerate(CLASSES):
-        y0 = row * (h * scale + pad)
-        draw.text((4, y0 + h * scale // 2 - 5), kind, fill=(255, 255, 255))
-        for col in range(per_class):
-            i = start + row * per_class + col
-            img, mask, texture = _render(i, (h, w), seed, kind, difficulty)
-            rgb = np.repeat(np.kron(img, np.ones((scale, scale), np.uint8))[..., None], 3, -1)
-            m = np.kron(mask > 0, np.ones((scale, scale), bool))
-            edge = m & ~ndimage.binary_erosion(m, iterations=1, border_value=0)
-            x0 = label_w + col * cell
-            sheet.paste(Image.fromarray(rgb.copy(), "RGB"), (x0, y0))
-            rgb[edge] = (255, 40, 40)
-            sheet.paste(Image.fromarray(rgb, "RGB"), (x0 + w * scale + 1, y0))
-            draw.text((x0 + 2, y0 + 2), texture[0], fill=(255, 255, 0))
-    with atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG")
-    return Path(path)
