@@ -105,9 +105,13 @@ class GpuConfig(_Section):
 
 
 class GateConfig(_Section):
+    # parity: does each deployed twin behave like its QAT reference?
     fpga_bit_exact: bool = True
     min_agreement: float = Field(0.999, ge=0, le=1)
     max_recall_drop: float = Field(0.01, ge=0, le=1)
+    # quality: does each model find defects on the test set? (better than chance always)
+    min_auroc: Optional[float] = Field(None, ge=0, le=1)
+    min_ap: Optional[float] = Field(None, ge=0, le=1)
 
 
 class Recipe(_Section):

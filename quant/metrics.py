@@ -73,6 +73,25 @@ def recall_at_fpr(scores: np.ndarray, positive: np.ndarray, fpr: float) -> float
     return float(t[f <= fpr].max()) if (f <= fpr).any() else 0.0
 
 
+def wilson_lower(successes: int, n: int, z: float = 1.96) -> float:
+    """Lower end of the Wilson score interval of a proportion (0 for n = 0)."""
+    if n == 0:
+        return 0.0
+    p = successes / n
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float((centre - spread) / (1 + z * z / n))
+
+
+def hanley_mcneil_lower(auroc: float, n_pos: int, n_neg: int, z: float = 1.96) -> float:
+    """Lower end of the AUROC's normal interval with Hanley & McNeil's (1982) standard error."""
+    if not (n_pos and n_neg) or not np.isfinite(auroc):
+        return float("nan")
+    q1, q2 = auroc / (2 - auroc), 2 * auroc * auroc / (1 + auroc)
+    var = (auroc * (1 - auroc) + (n_pos - 1) * (q1 - auroc ** 2) + (n_neg - 1) * (q2 - auroc ** 2)) / (n_pos * n_neg)
+    return float(auroc - z * np.sqrt(max(var, 0.0)))
+
+
 def evaluate(logits, labels, ok_index: int | None, threshold: float | None = None, report_fpr: float = 0.01) -> dict:
     """All metrics for one set of logits. Keys are stable: reports rely on them."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -87,6 +106,9 @@ def evaluate(logits, labels, ok_index: int | None, threshold: float | None = Non
         "recall": float(r),
         "f1": float(f1),
         "confusion_matrix": confusion_matrix(labels, pred, labels=range(n_classes)).tolist(),
+        # chance: always answering the most frequent class; the accuracy's 95% lower bound (Wilson)
+        "accuracy_chance": float(np.bincount(labels, minlength=n_classes).max() / max(len(labels), 1)),
+        "accuracy_lower95": wilson_lower((pred == labels).sum(), len(labels)),
     }
     scores = defect_scores(logits, ok_index)
     if scores is None:
@@ -95,6 +117,9 @@ def evaluate(logits, labels, ok_index: int | None, threshold: float | None = Non
     both = positive.any() and (~positive).any()
     out["ap"] = float(average_precision_score(positive, scores)) if both else float("nan")
     out["auroc"] = float(roc_auc_score(positive, scores)) if both else float("nan")
+    # chance: AUROC 0.5 and AP = the share of defects; the AUROC's 95% lower bound (Hanley-McNeil)
+    out["ap_chance"] = float(positive.mean()) if len(positive) else float("nan")
+    out["auroc_lower95"] = hanley_mcneil_lower(out["auroc"], int(positive.sum()), int((~positive).sum()))
     out[f"recall_at_fpr"] = recall_at_fpr(scores, positive, report_fpr)
     out["report_fpr"] = report_fpr
     if threshold is not None:

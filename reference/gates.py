@@ -1,7 +1,11 @@
 """Parity gates: does each deployed target still behave like its QAT reference?
 
-Defaults (recipe `gates`): FPGA bit-exact; NPU and GPU >= 99.9% argmax agreement;
-recall at the operating point no more than 1 point below the QAT reference.
+Two kinds of gate, shown as two verdicts:
+- parity (recipe `gates`): FPGA bit-exact; NPU and GPU >= 99.9% argmax agreement; recall
+  at the operating point no more than 1 point below the QAT reference;
+- quality: the golden model and every target better than chance on the test set, and at
+  least `gates.min_auroc` / `gates.min_ap` where the recipe sets them. Bit-exact parity of a
+  model that finds no defect is no PASS.
 
 The INT8 twins are exact executions on every CPU (the NPU twin switches to the IR's exact
 semantics where the CPU's int8 kernels saturate: reference.twins.npu), so these gates mean
@@ -14,15 +18,45 @@ from __future__ import annotations
 from core.compare import BIT_EXACT_REL
 
 
-def _gate(target, gate, passed, value, limit, message):
-    return {"target": target, "gate": gate, "passed": bool(passed), "value": float(value), "limit": float(limit),
-            "message": message}
+def _gate(target, gate, passed, value, limit, message, kind="parity"):
+    return {"target": target, "gate": gate, "kind": kind, "passed": bool(passed), "value": float(value),
+            "limit": float(limit), "message": message}
+
+
+def quality_gates(key: str, m: dict, cfg) -> list[dict]:
+    """Does model `key` find defects at all? Better than chance on the test set, always (the
+    95% lower bound of its AUROC above 0.5, or, without an ok class, of its accuracy above the
+    majority class's share), and the recipe's floors `gates.min_auroc` / `gates.min_ap`."""
+    met, label, out = m.get("metrics") or {}, m.get("label", key), []
+    if "auroc_lower95" in met and met["auroc_lower95"] == met["auroc_lower95"]:  # not NaN
+        lo = met["auroc_lower95"]
+        out.append(_gate(key, "better_than_chance", lo > 0.5, lo, 0.5,
+                         f"{label}: AUROC {met['auroc']:.3f} (95% lower bound {lo:.3f}) "
+                         + ("is above chance" if lo > 0.5 else "is not above chance (0.5): the model does not "
+                            "find the defects; more data, epochs, resolution or a mask-supervised model"), "quality"))
+    elif "accuracy_lower95" in met:
+        lo, chance = met["accuracy_lower95"], met["accuracy_chance"]
+        out.append(_gate(key, "better_than_chance", lo > chance, lo, chance,
+                         f"{label}: accuracy {met['accuracy']:.3f} (95% lower bound {lo:.3f}) vs {chance:.3f} for "
+                         "always answering the most frequent class", "quality"))
+    for name, floor, value in (("min_auroc", cfg.min_auroc, met.get("auroc")), ("min_ap", cfg.min_ap, met.get("ap"))):
+        if floor is None:
+            continue
+        if value is None or value != value:
+            out.append(_gate(key, name, False, float("nan"), floor, f"{label}: gates.{name} is set but the task has no "
+                             "defect score (no ok class)", "quality"))
+            continue
+        out.append(_gate(key, name, value >= floor, value, floor,
+                         f"{label}: {name[4:].upper()} {value:.4f} (gates.{name} {floor:g})", "quality"))
+    return out
 
 
 def evaluate_gates(models: dict, cfg) -> list[dict]:
     """`models` is report["models"]; returns one record per gate checked."""
     gates = []
     for key, m in models.items():
+        if m.get("role") == "golden" or m.get("role") == "target":
+            gates += quality_gates(key, m, cfg)
         if m.get("role") != "target":
             continue
         target, ag = m["target"], m.get("agreement_reference") or {}
@@ -48,5 +82,5 @@ def evaluate_gates(models: dict, cfg) -> list[dict]:
     return gates
 
 
-def failed(gates: list[dict]) -> list[dict]:
-    return [g for g in gates if not g["passed"]]
+def failed(gates: list[dict], kind: str | None = None) -> list[dict]:
+    return [g for g in gates if not g["passed"] and (kind is None or g.get("kind", "parity") == kind)]

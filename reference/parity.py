@@ -76,10 +76,13 @@ def target_parity(ctx: Inputs, target: str) -> dict:
 
 
 def _raise_on_failure(gates: list[dict]) -> None:
-    bad = failed(gates)
-    if bad:
-        more = f" (+{len(bad) - 1} more failed gates)" if len(bad) > 1 else ""
-        raise GateFailed(f"parity gate failed: {bad[0]['message']}{more}")
+    """Parity first (a twin that does not follow its model), then quality (a model that
+    does not find defects): either stops the build with exit 3."""
+    for kind in ("parity", "quality"):
+        bad = failed(gates, kind)
+        if bad:
+            more = f" (+{len(bad) - 1} more failed gates)" if len(bad) > 1 else ""
+            raise GateFailed(f"{kind} gate failed: {bad[0]['message']}{more}")
 
 
 def _fpga_section(ctx: Inputs) -> dict | None:

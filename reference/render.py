@@ -122,14 +122,21 @@ def _value(v) -> str:
 
 
 def _verdict(report: dict) -> list[Block]:
+    """Two verdicts: quality (does the model find defects?) and parity (do the twins follow it?)."""
     gates = report.get("gates") or []
-    if not gates:
-        return [Block("p", "Gates: none checked (no deployed target in this report).")]
-    bad = [g for g in gates if not g["passed"]]
-    if not bad:
-        return [Block("p", f"Gates: PASS, all {len(gates)} passed.", status="pass")]
-    return [Block("p", f"Gates: FAIL, {len(bad)} of {len(gates)} failed.", status="fail"),
-            Block("ul", items=[g.get("message") or f"{g['target']}: {g['gate']}" for g in bad])]
+    out = []
+    for kind, title in (("quality", "Quality"), ("parity", "Parity")):
+        mine = [g for g in gates if g.get("kind", "parity") == kind]
+        bad = [g for g in mine if not g["passed"]]
+        if not mine:
+            what = "no deployed target in this report" if kind == "parity" else "no model evaluated"
+            out.append(Block("p", f"{title}: none checked ({what})."))
+        elif not bad:
+            out.append(Block("p", f"{title}: PASS, all {len(mine)} gates passed.", status="pass"))
+        else:
+            out += [Block("p", f"{title}: FAIL, {len(bad)} of {len(mine)} gates failed.", status="fail"),
+                    Block("ul", items=[g.get("message") or f"{g['target']}: {g['gate']}" for g in bad])]
+    return out
 
 
 def _dataset(report: dict) -> list[Block]:
@@ -181,9 +188,9 @@ def _gates(report: dict) -> list[Block]:
     out = [Block("h2", "Gates")]
     if not gates:
         return out + [Block("p", "No gates checked: no deployed target in this report.")]
-    rows = [[g["target"], g["gate"], _value(g.get("value")), _value(g.get("limit")),
+    rows = [[g.get("kind", "parity"), g["target"], g["gate"], _value(g.get("value")), _value(g.get("limit")),
              _c("PASS", "pass") if g["passed"] else _c("FAIL", "fail"), g.get("message", "")] for g in gates]
-    return out + [_table(["Target", "Gate", "Value", "Limit", "Result", "Message"], rows)]
+    return out + [_table(["Kind", "Model", "Gate", "Value", "Limit", "Result", "Message"], rows)]
 
 
 def _plots_section(plot_paths: dict) -> list[Block]:
@@ -493,11 +500,15 @@ def print_console_summary(report: dict, console=None) -> None:
         console.print("gates: none checked")
         return
     g = RichTable(title="Gates", title_justify="left")
-    for col in ("Target", "Gate", "Value", "Limit", "Result"):
+    for col in ("Kind", "Model", "Gate", "Value", "Limit", "Result"):
         g.add_column(col)
     for x in gates:
-        g.add_row(escape(x["target"]), escape(x["gate"]), _value(x.get("value")), _value(x.get("limit")),
+        g.add_row(x.get("kind", "parity"), escape(x["target"]), escape(x["gate"]), _value(x.get("value")), _value(x.get("limit")),
                   "[bold green]PASS[/]" if x["passed"] else "[bold red]FAIL[/]")
     console.print(g)
-    bad = sum(not x["passed"] for x in gates)
-    console.print(f"[bold red]{bad} of {len(gates)} gates FAILED[/]" if bad else f"[bold green]all {len(gates)} gates passed[/]")
+    for kind in ("quality", "parity"):
+        mine = [x for x in gates if x.get("kind", "parity") == kind]
+        bad = sum(not x["passed"] for x in mine)
+        if mine:
+            console.print(f"[bold red]{kind}: {bad} of {len(mine)} gates FAILED[/]" if bad
+                          else f"[bold green]{kind}: all {len(mine)} gates passed[/]")

@@ -182,7 +182,7 @@ def test_markdown_has_every_model_gate_section_and_relative_images(full):
     for g in report["gates"]:
         assert g["gate"] in md and g["message"].replace("|", "\\|") in md  # table cells escape |
     assert any(not g["passed"] for g in report["gates"]), "the fixture must hold a failing gate"
-    assert "**FAIL**" in md and "**PASS**" in md and "Gates: FAIL" in md
+    assert "**FAIL**" in md and "**PASS**" in md and "Parity: FAIL" in md
     for heading in ("## Models on the test set", "## Gates", "## FPGA (FINN)", "### Resources", "### Per layer",
                     "### Folding: ours vs FINN SetFolding", "### Parity per lowering stage", "## Intel NPU (OpenVINO)",
                     "## NVIDIA GPU (TensorRT)", "## Throughput", "## Dataset and operating point"):
@@ -240,12 +240,12 @@ def test_console_summary_lists_models_and_colours_gates():
 
 def test_minimal_report_float_and_qat_only(tmp_path):
     report = make_report(keys=("float", "qat"), fpga=False, bench=False)
-    assert report["gates"] == []
+    assert [g["kind"] for g in report["gates"]] == ["quality"]  # the golden model: better than chance
     paths = render_report(report, tmp_path)
     assert set(paths) == {"md", "html", "confusion", "roc", "pr", "agreement"}
     md = paths["md"].read_text()
     assert "FPGA: not built." in md and "NPU: not built." in md and "GPU: not built." in md
-    assert "Benchmark: not run" in md and "Gates: none checked" in md
+    assert "Benchmark: not run" in md and "Parity: none checked" in md
     assert "Float (PyTorch)" in md and "QAT W4A4 (Brevitas)" in md
     assert external_refs(paths["html"].read_text()) == []
 
@@ -256,7 +256,7 @@ def test_fpga_only_report_without_bench(tmp_path):
     assert {"fpga_resources", "fpga_cycles", "fpga_stages"} <= set(paths) and "throughput" not in paths
     md = paths["md"].read_text()
     assert "FPGA (FINN dataflow, python exec)" in md and "NPU: not built." in md and "Benchmark: not run" in md
-    assert "Gates: PASS" in md and "FAIL" not in md.replace("Gates: FAIL", "")
+    assert "Parity: PASS" in md and "Quality: PASS" in md and "FAIL" not in md
 
 
 def test_fpga_model_without_fpga_details(tmp_path):
@@ -287,3 +287,39 @@ def test_rerender_removes_plots_whose_data_is_gone(tmp_path):
 def test_report_without_models_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no models"):
         render_report({"schema": "qdeploy.report/1", "models": {}}, tmp_path)
+
+
+def test_a_chance_level_model_never_reads_pass(tmp_path):
+    """Bit-exact twins of a model that finds no defect: parity PASS, quality FAIL, and the
+    headline says so (the quality gate reads the real metrics of random logits)."""
+    rng = np.random.default_rng(3)
+    labels = np.array([0] * 300 + [1] * 100)
+    chance = rng.normal(size=(400, 2))
+    from reference.gates import evaluate_gates
+
+    models = {}
+    for key, role, target, ref in (("float", "golden", None, None), ("qat", "qat", "fpga", None),
+                                   ("fpga", "target", "fpga", "qat")):
+        models[key] = {"label": key, "role": role, "target": target, "reference": ref,
+                       "metrics": metrics.evaluate(chance, labels, 0, 0.5),
+                       "agreement_reference": metrics.agreement(chance, chance) if ref else None, "extra": {}}
+    gates = evaluate_gates(models, GateConfig())
+    quality = {g["target"]: g for g in gates if g["kind"] == "quality"}
+    assert set(quality) == {"float", "fpga"} and not any(g["passed"] for g in quality.values())
+    assert all(g["passed"] for g in gates if g["kind"] == "parity")
+    report = {"schema": "qdeploy.report/1", "recipe": "chance", "models": models, "gates": gates}
+    md = render_report(report, tmp_path)["md"].read_text()
+    assert "Quality: FAIL" in md and "Parity: PASS" in md and "not above chance" in md
+
+
+def test_quality_floors_from_the_recipe():
+    from reference.gates import quality_gates
+
+    good = {"label": "m", "metrics": {"auroc": 0.97, "auroc_lower95": 0.95, "ap": 0.90}}
+    names = lambda gs: {g["gate"]: g["passed"] for g in gs}  # noqa: E731
+    assert names(quality_gates("m", good, GateConfig())) == {"better_than_chance": True}
+    assert names(quality_gates("m", good, GateConfig(min_auroc=0.98, min_ap=0.9))) == \
+        {"better_than_chance": True, "min_auroc": False, "min_ap": True}
+    six = {"label": "neu", "metrics": {"accuracy": 0.99, "accuracy_lower95": 0.97, "accuracy_chance": 1 / 6}}
+    assert names(quality_gates("neu", six, GateConfig())) == {"better_than_chance": True}
+    assert names(quality_gates("neu", six, GateConfig(min_auroc=0.9))) == {"better_than_chance": True, "min_auroc": False}
