@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+from pathlib import Path
 
 # oneDNN's ISA names in increasing order (ONEDNN_MAX_CPU_ISA accepts any of them; older
 # names are aliases of newer ones).
@@ -68,17 +69,30 @@ def int8_accumulates_exactly(ident: dict) -> bool:
 
 
 def _read_cpu() -> tuple[str, str, set[str]]:
-    import cpuinfo  # py-cpuinfo: brand string and flags on Linux, Windows and macOS
+    """(model, vendor, flags). Linux: /proc/cpuinfo, read as a file (no subprocess, no CPUID
+    code run in-process). Elsewhere: py-cpuinfo (Windows registry, macOS sysctl)."""
+    proc = Path("/proc/cpuinfo")
+    if proc.is_file():
+        fields: dict[str, str] = {}
+        for line in proc.read_text(errors="replace").splitlines():
+            key, sep, val = line.partition(":")
+            if not sep:
+                if fields:
+                    break  # the first processor's block is enough
+                continue
+            fields.setdefault(key.strip(), val.strip())
+        flags = set((fields.get("flags") or fields.get("Features") or "").lower().split())
+        model = fields.get("model name") or fields.get("Model") or fields.get("Hardware") or platform.processor()
+        if flags:
+            return model or "unknown CPU", fields.get("vendor_id", ""), flags
+    import cpuinfo
 
     info = cpuinfo.get_cpu_info()
     flags = {f.lower() for f in info.get("flags", [])}
     # py-cpuinfo spells some flags both ways (avx512vnni / avx512_vnni)
-    if "avx512vnni" in flags:
-        flags.add("avx512_vnni")
-    if "avxvnni" in flags:
-        flags.add("avx_vnni")
-    if "amxint8" in flags:
-        flags.add("amx_int8")
+    for short, canonical in (("avx512vnni", "avx512_vnni"), ("avxvnni", "avx_vnni"), ("amxint8", "amx_int8")):
+        if short in flags:
+            flags.add(canonical)
     return info.get("brand_raw") or platform.processor() or "unknown CPU", info.get("vendor_id_raw") or "", flags
 
 

@@ -157,10 +157,11 @@ def summarize(raw: dict, runtimes: list[Runtime], fns: dict) -> dict:
         rt = by_name[name]
         med = float(np.median(data))
         images = fns[(name, batch)].images
+        p50, p90, p99 = (float(np.percentile(data, q)) * 1000.0 for q in (50, 90, 99))
         results.append({"runtime": name, "target": rt.target, "precision": rt.precision, "device": rt.device,
                         "batch": batch, "mode": rt.mode, "images_per_s": images / med,
-                        "median_ms_per_batch": med * 1000.0, "images_per_call": images, "kind": "measured",
-                        "calls_timed": len(data)})
+                        "median_ms_per_batch": med * 1000.0, "latency_ms": {"p50": p50, "p90": p90, "p99": p99},
+                        "images_per_call": images, "kind": "measured", "calls_timed": len(data)})
     for r in results:
         for base in ("pytorch-fp32", "onnxruntime-fp32"):
             ref = next((x for x in results if x["runtime"] == base and x["batch"] == r["batch"]), None)
@@ -179,11 +180,15 @@ def print_bench(result: dict) -> None:
     machine = result.get("machine")
     on = f" on {summary(machine)}" if isinstance(machine, dict) else ""
     table = Table(title=f"throughput (images/s; interleaved rounds, medians){on}")
-    for col in ("runtime", "target", "device", "batch", "images/s", "x PyTorch FP32", "x ORT FP32", "kind"):
-        table.add_column(col, justify="right" if col not in ("runtime", "target", "device", "kind") else "left")
+    for col in ("runtime", "target", "device", "mode", "batch", "images/s", "p50 ms", "p90 ms", "p99 ms",
+                "x PyTorch FP32", "x ORT FP32", "kind"):
+        table.add_column(col, justify="right" if col not in ("runtime", "target", "device", "mode", "kind") else "left")
     for r in sorted(result["results"], key=lambda r: (r["batch"], r["runtime"])):
         ratios = r.get("ratio_vs", {})
         fmt = lambda v: f"{v:.2f}" if v else "-"  # noqa: E731
-        table.add_row(r["runtime"], r["target"] or "-", str(r["device"]), str(r["batch"]), f"{r['images_per_s']:.0f}",
+        lat = r.get("latency_ms") or {}
+        ms = lambda q: f"{lat[q]:.3f}" if q in lat else "-"  # noqa: E731
+        table.add_row(r["runtime"], r["target"] or "-", str(r["device"]), str(r.get("mode", "-")), str(r["batch"]),
+                      f"{r['images_per_s']:.0f}", ms("p50"), ms("p90"), ms("p99"),
                       fmt(ratios.get("pytorch-fp32")), fmt(ratios.get("onnxruntime-fp32")), r["kind"])
     console.print(table)
