@@ -129,7 +129,7 @@ def _verdict(report: dict) -> list[Block]:
         mine = [g for g in gates if g.get("kind", "parity") == kind]
         bad = [g for g in mine if not g["passed"]]
         if not mine:
-            what = "no deployed target in this report" if kind == "parity" else "no model evaluated"
+            what = "no deployed target in this report" if kind == "parity" else "gates.check_quality is false"
             out.append(Block("p", f"{title}: none checked ({what})."))
         elif not bad:
             out.append(Block("p", f"{title}: PASS, all {len(mine)} gates passed.", status="pass"))

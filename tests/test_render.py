@@ -323,3 +323,13 @@ def test_quality_floors_from_the_recipe():
     six = {"label": "neu", "metrics": {"accuracy": 0.99, "accuracy_lower95": 0.97, "accuracy_chance": 1 / 6}}
     assert names(quality_gates("neu", six, GateConfig())) == {"better_than_chance": True}
     assert names(quality_gates("neu", six, GateConfig(min_auroc=0.9))) == {"better_than_chance": True, "min_auroc": False}
+
+
+def test_quality_off_is_not_a_pass(tmp_path):
+    report = make_report(keys=("float", "qat", "fpga"), fpga=False, bench=False)
+    from reference.gates import evaluate_gates
+
+    report["gates"] = evaluate_gates(report["models"], GateConfig(check_quality=False))
+    assert report["gates"] and all(g["kind"] == "parity" for g in report["gates"])
+    md = render_report(report, tmp_path)["md"].read_text()
+    assert "Quality: none checked (gates.check_quality is false)" in md and "Quality: PASS" not in md
