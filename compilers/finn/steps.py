@@ -186,7 +186,32 @@ def fix_avgpool_trunc(model, cfg: FlowConfig):
             node.input[slot] = name
         fixed.append(node.name)
     cfg.notes["widening_truncs_fixed"] = fixed
+    cfg.notes["rect_avgpools"] = rect_avgpools(model)
+    if cfg.notes["rect_avgpools"]:
+        from qonnx.transformation.infer_datatypes import InferDataTypes
+        from qonnx.transformation.infer_shapes import InferShapes
+
+        model = model.transform(InferShapes()).transform(InferDataTypes())
     return model
+
+
+def rect_avgpools(model) -> list[str]:
+    """Rewrite, in place, non-square AveragePool -> Trunc pairs as Div -> QuantAvgPool2dRect -> Mul
+    (compilers/finn/custom_ops.py). Returns the pools rewritten."""
+    from compilers.finn.custom_ops import rect_pool_node
+
+    done = []
+    for pool in model.get_nodes_by_op_type("AveragePool"):
+        k = [a for a in pool.attribute if a.name == "kernel_shape"]
+        nxt = model.find_direct_successors(pool) or []
+        if not k or len(set(k[0].ints)) == 1 or len(nxt) != 1 or nxt[0].op_type != "Trunc":
+            continue
+        why = rect_pool_node(model, pool, nxt[0])
+        if why is not None:
+            raise UserError(f"node {pool.name} (AveragePool {list(k[0].ints)}): a non-square truncating pool "
+                            f"FINN cannot lower: {why}")
+        done.append(pool.name)
+    return done
 
 
 def qonnx_to_finn(model, cfg: FlowConfig):
@@ -222,6 +247,9 @@ def convert_to_hw(model, cfg: FlowConfig):
     from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
     from qonnx.transformation.infer_datatypes import InferDataTypes
 
+    from compilers.finn.custom_ops import InferRectQuantAvgPool
+
+    model = model.transform(InferRectQuantAvgPool())  # non-square pools: Im2Col + Pool, as InferPool does
     model = step_convert_to_hw(model, cfg.finn)
     model = model.transform(RoundAndClipThresholds())
     return model.transform(InferDataTypes())
