@@ -18,6 +18,10 @@ Rules (see ../shared/notes/fpga-finn.md for what was measured):
 - residual-scale:  an Add of two quantized tensors with different scales.
 - maxpool-fork:    a MaxPool whose output feeds more than one node.
 - avgpool-after-maxpool: a truncating average pool reading a MaxPool output.
+- avgpool:         an average pool that is not a lowerable TruncAvgPool2d: no Trunc after
+                   it, RoundTo8bit (not FLOOR), padding, a nonzero zero point; for a
+                   non-square window or unequal strides (lowered by custom_ops.py) also
+                   a signed input, a left shift or a sum that could clamp.
 - graph-io:        not exactly one input [1, C, H, W] and one output.
 """
 from __future__ import annotations
@@ -87,6 +91,7 @@ RULES = (
     "float-input",
     "residual-scale",
     "avgpool-after-maxpool",
+    "avgpool",
 )
 
 
@@ -216,6 +221,10 @@ def find_problems(model) -> list[Problem]:
             elif op == "AveragePool" and _reads_maxpool(g, node.input[0]):
                 add(node, "avgpool-after-maxpool", "a truncating average pool right after a MaxPool cannot "
                     "infer its input sign; put the pool after a QuantReLU (not after the MaxPool)")
+            elif op == "AveragePool":
+                why = _avgpool_problem(g, node)
+                if why:
+                    add(node, "avgpool", why)
         elif op == "Add":
             _check_residual(g, node, add)
         if op == "MaxPool" and len(g.consumers.get(node.output[0], [])) > 1:
@@ -253,6 +262,30 @@ def _is_squeeze_excite(g: _Graph, node) -> bool:
 def _followed_by_quantizer(g: _Graph, node) -> bool:
     nxt = g.consumers.get(node.output[0], [])
     return bool(nxt) and all(n.op_type in _QUANTIZERS for n in nxt)
+
+
+def _avgpool_problem(g: _Graph, node) -> str:
+    """Why FINN cannot lower this (quantized-input) AveragePool, or ""."""
+    from qonnx.util.basic import get_by_name
+
+    from compilers.finn.custom_ops import needs_rect, rect_pool_problem
+
+    nxt = g.consumers.get(node.output[0], [])
+    if len(nxt) != 1 or nxt[0].op_type != "Trunc":
+        return ("an average pool lowers only as TruncAvgPool2d(trunc_quant=TruncTo8bit) (AveragePool -> Trunc); "
+                "this one has no single Trunc after it")
+    if needs_rect(node):
+        return rect_pool_problem(g.model, node, nxt[0]) or ""
+    mode = get_by_name(nxt[0].attribute, "rounding_mode")
+    if mode is None or mode.s.upper() != b"FLOOR":
+        return "the pool must truncate with FLOOR rounding: use trunc_quant=TruncTo8bit (not RoundTo8bit)"
+    pads = get_by_name(node.attribute, "pads")
+    if pads is not None and any(pads.ints):
+        return "padded average pools do not lower (use padding=0)"
+    zp = g.model.get_initializer(nxt[0].input[2]) if len(nxt[0].input) > 2 else None
+    if zp is not None and np.any(np.asarray(zp) != 0):
+        return "the Trunc's zero point must be 0"
+    return ""
 
 
 def _reads_maxpool(g: _Graph, name: str) -> bool:

@@ -144,56 +144,80 @@ class InferRectQuantAvgPool(Transformation):
         return model, False
 
 
-def rect_pool_node(model, pool, trunc):
-    """Replace AveragePool `pool` -> Trunc (v2) `trunc` by Div -> QuantAvgPool2dRect -> Mul.
+def needs_rect(pool) -> bool:
+    """True for an AveragePool FINN's own conversion rejects for its window shape:
+    a non-square kernel, or unequal strides (AvgPoolAndTruncv2ToQuantAvgPool)."""
+    attr = {a.name: helper.get_attribute_value(a) for a in pool.attribute}
+    k = list(attr.get("kernel_shape", []))
+    s = list(attr.get("strides", k))
+    return len(k) == 2 and (k[0] != k[1] or len(s) != 2 or s[0] != s[1])
 
-    Returns a reason string when the pattern is not one this can convert exactly, else None.
-    """
+
+def _trunc_params(model, pool, trunc):
+    """(params dict, None) for an AveragePool -> Trunc (v2) pair this module converts
+    exactly, else (None, reason)."""
     from qonnx.util.basic import get_by_name
 
     attr = {a.name: helper.get_attribute_value(a) for a in pool.attribute}
     kh, kw = attr["kernel_shape"]
     sh, sw = attr.get("strides", [kh, kw])
     if any(attr.get("pads", [0, 0, 0, 0])):
-        return "padding"
+        return None, "padded average pools do not lower (use padding=0)"
     if len(trunc.input) != 6:
-        return "Trunc v1"
+        return None, "Trunc v1 (no output scale) is not supported; export with brevitas >= 0.11"
     vals = [model.get_initializer(i) for i in trunc.input[1:6]]
     if any(v is None or np.size(v) != 1 for v in vals):
-        return "Trunc parameters not scalar constants"
-    scale, zeropt, in_bits, out_scale, out_bits = (float(np.asarray(v, dtype=np.float64)) for v in vals)
+        return None, "the Trunc's scale, zero point and bit widths must be scalar constants"
+    scale, zeropt, in_bits, out_scale, out_bits = (float(np.asarray(v, dtype=np.float64).reshape(())) for v in vals)
     mode = get_by_name(trunc.attribute, "rounding_mode")
     if mode is None or mode.s.upper() != b"FLOOR":
-        return "Trunc rounding mode is not FLOOR"
+        return None, "the pool must truncate with FLOOR rounding: use trunc_quant=TruncTo8bit (not RoundTo8bit)"
     if zeropt != 0:
-        return "nonzero zero point"
+        return None, "the Trunc's zero point must be 0"
+    signed_attr = get_by_name(trunc.attribute, "signed")
+    if signed_attr is not None and signed_attr.i:
+        return None, "a non-square pool of signed values does not lower: pool right after a QuantReLU"
     shift = int(round(np.log2(out_scale / scale)))
-    if shift < 0 or not np.isclose(out_scale / scale, 2.0**shift):
-        return f"output/input scale {out_scale / scale:g} is not 2^k, k >= 0"
-    signed = int(get_by_name(trunc.attribute, "signed").i) if get_by_name(trunc.attribute, "signed") else 0
-    idt = model.get_tensor_datatype(pool.input[0])
-    ibits = int(in_bits) - (int(kh * kw - 1).bit_length())  # the input's bits, as Brevitas counts them
-    if idt.is_integer():
-        ibits = idt.bitwidth()
-    ob = int(out_bits)
-    if signed == 1:
-        return "signed input"
-    max_sum = (2 ** max(ibits, 1) - 1) * kh * kw
-    if (max_sum >> shift) > 2**ob - 1:
-        return f"window sum >> {shift} can exceed {ob} bits (Trunc would clamp)"
+    if not np.isclose(out_scale / scale, 2.0**shift):
+        return None, f"the Trunc's output/input scale ratio {out_scale / scale:g} is not a power of two"
+    if shift < 0:
+        if out_bits > in_bits:  # a widening Trunc: fix_avgpool_trunc makes it exact (shift 0) first
+            shift, out_bits = 0, in_bits
+        else:
+            return None, f"the Trunc shifts left by {-shift} bits, which FINN's pool does not do"
+    ibits = max(1, int(in_bits) - int(kh * kw - 1).bit_length())  # the input's bits, as Brevitas counts them
+    if ((2**ibits - 1) * kh * kw) >> shift > 2 ** int(out_bits) - 1:
+        return None, (f"the window sum >> {shift} can exceed {int(out_bits)} bits (Trunc would clamp, "
+                      "FINN's pool would wrap)")
+    return dict(kernel=[kh, kw], stride=[sh, sw], shift=shift, ibits=ibits, obits=int(out_bits), signed=0,
+                in_scale=scale * kh * kw, out_scale=out_scale), None
 
+
+def rect_pool_problem(model, pool, trunc) -> str | None:
+    """Why `pool` -> `trunc` cannot be converted exactly (a one-line reason), or None."""
+    return _trunc_params(model, pool, trunc)[1]
+
+
+def rect_pool_node(model, pool, trunc):
+    """Replace AveragePool `pool` -> Trunc (v2) `trunc` by Div -> QuantAvgPool2dRect -> Mul, in place.
+
+    Returns a reason string when the pattern is not one this can convert exactly, else None.
+    """
+    p, why = _trunc_params(model, pool, trunc)
+    if why is not None:
+        return why
     g = model.graph
     ints = model.make_new_valueinfo_name()
     pooled = model.make_new_valueinfo_name()
     div_c, mul_c = model.make_new_valueinfo_name(), model.make_new_valueinfo_name()
-    model.set_initializer(div_c, np.asarray(scale * kh * kw, dtype=np.float64))  # the input's own scale
-    model.set_initializer(mul_c, np.asarray(out_scale, dtype=np.float64))
+    model.set_initializer(div_c, np.asarray(p["in_scale"], dtype=np.float64))  # the input's own scale
+    model.set_initializer(mul_c, np.asarray(p["out_scale"], dtype=np.float64))
     pos = list(g.node).index(pool)
     nodes = [
         helper.make_node("Div", [pool.input[0], div_c], [ints], name=pool.name + "_div"),
         helper.make_node("QuantAvgPool2dRect", [ints], [pooled], domain=DOMAIN, name=pool.name + "_rect",
-                         kernel=[kh, kw], stride=[sh, sw], shift=shift, ibits=max(ibits, 1), obits=ob, signed=signed,
-                         data_layout="NCHW"),
+                         kernel=p["kernel"], stride=p["stride"], shift=p["shift"], ibits=p["ibits"],
+                         obits=p["obits"], signed=p["signed"], data_layout="NCHW"),
         helper.make_node("Mul", [pooled, mul_c], [trunc.output[0]], name=trunc.name + "_mul"),
     ]
     g.node.remove(pool)

@@ -198,18 +198,16 @@ def fix_avgpool_trunc(model, cfg: FlowConfig):
 def rect_avgpools(model) -> list[str]:
     """Rewrite, in place, non-square AveragePool -> Trunc pairs as Div -> QuantAvgPool2dRect -> Mul
     (compilers/finn/custom_ops.py). Returns the pools rewritten."""
-    from compilers.finn.custom_ops import rect_pool_node
+    from compilers.finn.custom_ops import needs_rect, rect_pool_node
 
     done = []
     for pool in model.get_nodes_by_op_type("AveragePool"):
-        k = [a for a in pool.attribute if a.name == "kernel_shape"]
         nxt = model.find_direct_successors(pool) or []
-        if not k or len(set(k[0].ints)) == 1 or len(nxt) != 1 or nxt[0].op_type != "Trunc":
+        if not needs_rect(pool) or len(nxt) != 1 or nxt[0].op_type != "Trunc":
             continue
         why = rect_pool_node(model, pool, nxt[0])
-        if why is not None:
-            raise UserError(f"node {pool.name} (AveragePool {list(k[0].ints)}): a non-square truncating pool "
-                            f"FINN cannot lower: {why}")
+        if why is not None:  # checks.py rejects these before the flow starts
+            raise UserError(f"node {pool.name} (AveragePool): cannot be lowered to FINN [avgpool]: {why}")
         done.append(pool.name)
     return done
 
