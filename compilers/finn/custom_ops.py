@@ -225,3 +225,32 @@ def rect_pool_node(model, pool, trunc):
     for k, n in enumerate(nodes):
         g.node.insert(pos + k, n)
     return None
+
+
+class OutputMarker(CustomOp):
+    """Identity that stands for a graph output while FINN streamlines (steps.hold_outputs).
+
+    FINN's MoveOpPastFork asserts when a forked tensor is also a graph output; with this
+    node as the output's only reader the fork is an ordinary one. Never left in a saved
+    stage model."""
+
+    def get_nodeattr_types(self):
+        return {}
+
+    def make_shape_compatible_op(self, model):
+        node = self.onnx_node
+        return helper.make_node("Identity", [node.input[0]], [node.output[0]])
+
+    def infer_node_datatype(self, model):
+        node = self.onnx_node
+        model.set_tensor_datatype(node.output[0], model.get_tensor_datatype(node.input[0]))
+
+    def execute_node(self, context, graph):
+        node = self.onnx_node
+        context[node.output[0]] = context[node.input[0]]
+
+    def verify_node(self):
+        return []
+
+
+custom_op["OutputMarker"] = OutputMarker

@@ -229,15 +229,25 @@ def streamline(model, cfg: FlowConfig):
     from finn.builder.build_dataflow_steps import step_streamline
     from finn.builder.custom_step_library.resnet import step_resnet_streamline
 
+    held = hold_outputs(model)
+    cfg.notes["outputs_held"] = [k for k, _ in held]
     mode = cfg.streamline
     if mode == "auto":
         mode = "plus" if has_forks_or_joins(model) else "finn"
     cfg.notes["streamline"] = mode
     if mode == "plus":
-        return step_resnet_streamline(model, cfg.finn)
-    if mode == "finn":
-        return step_streamline(model, cfg.finn)
-    raise UserError(f"streamline mode '{cfg.streamline}' is not one of: auto, finn, plus")
+        model = step_resnet_streamline(model, cfg.finn)
+    elif mode == "finn":
+        model = step_streamline(model, cfg.finn)
+    else:
+        raise UserError(f"streamline mode '{cfg.streamline}' is not one of: auto, finn, plus")
+    if held:
+        from qonnx.transformation.infer_datatypes import InferDataTypes
+        from qonnx.transformation.infer_shapes import InferShapes
+
+        restore_outputs(model, held)
+        model = model.transform(InferShapes()).transform(InferDataTypes())
+    return model
 
 
 def convert_to_hw(model, cfg: FlowConfig):
@@ -249,6 +259,10 @@ def convert_to_hw(model, cfg: FlowConfig):
 
     model = model.transform(InferRectQuantAvgPool())  # non-square pools: Im2Col + Pool, as InferPool does
     model = step_convert_to_hw(model, cfg.finn)
+    if drop_unit_shuffles_before_flatten(model):
+        from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
+
+        model = model.transform(RemoveCNVtoFCFlatten())
     model = model.transform(RoundAndClipThresholds())
     return model.transform(InferDataTypes())
 
@@ -361,6 +375,109 @@ def hw_codegen(model, cfg: FlowConfig):
 
 # ---------------------------------------------------------------------------------------
 # helpers
+
+
+def hold_outputs(model) -> list[tuple[int, Optional[tuple[str, Any]]]]:
+    """Prepare the 4-D graph outputs (a segmentation map) for FINN's streamlining, in place.
+
+    Two FINN streamlining problems with a feature-map output that also feeds other layers:
+    - MoveOpPastFork (MoveMulPastFork, MoveTransposePastFork) asserts "Must have >1
+      consumer" when a forked tensor is also a graph output (qonnx counts the output as a
+      branch; FINN then finds one consumer);
+    - StreamlinePlus never ends when the output is scale Mul -> NHWC->NCHW Transpose:
+      MoveScalarLinearPastInvariants moves the scalar Mul past the Transpose and
+      MoveTransposePastEltwise moves it back.
+    So each such output's constant scale (Mul/Div) is taken off (it stays for the scale's
+    other consumers) and an OutputMarker (custom_ops.py) reads the rest and writes the
+    output, so the output is an ordinary branch of the fork. `restore_outputs` removes
+    the markers and puts the scales back. Returns [(output index, (op, scale) or None)].
+    """
+    from onnx import helper
+
+    from compilers.finn.custom_ops import DOMAIN
+
+    held = []
+    for k, out in enumerate(list(model.graph.output)):
+        shape = model.get_tensor_shape(out.name)
+        if shape is None or len(shape) != 4:
+            continue
+        src, scale = out.name, None
+        node = model.find_producer(out.name)
+        if node is not None and node.op_type in ("Mul", "Div") and model.get_initializer(node.input[1]) is not None:
+            src, scale = node.input[0], (node.op_type, np.asarray(model.get_initializer(node.input[1])))
+            if not model.find_consumers(out.name):
+                model.graph.node.remove(node)
+        # out.name becomes an inner tensor (or disappears); the marker writes a new output
+        new = model.make_new_valueinfo_name()
+        elem = out.type.tensor_type.elem_type
+        model.graph.output.remove(out)
+        if src == out.name or model.find_consumers(out.name):
+            model.graph.value_info.append(helper.make_tensor_value_info(out.name, elem, shape))
+        model.graph.output.insert(k, helper.make_tensor_value_info(new, elem, shape))
+        model.graph.node.append(helper.make_node("OutputMarker", [src], [new], domain=DOMAIN, name=f"OutputMarker_{k}"))
+        held.append((k, scale))
+    return held
+
+
+def restore_outputs(model, held) -> None:
+    """Undo `hold_outputs` after streamlining, in place: drop the markers and put each scale
+    back (before a trailing Transpose, so it stays inside the hardware partition)."""
+    from onnx import helper
+
+    for k, scale in held:
+        out = model.graph.output[k]
+        marker = model.find_producer(out.name)
+        assert marker is not None and marker.op_type == "OutputMarker", "streamlining moved an output marker"
+        src = marker.input[0]
+        shape, elem = model.get_tensor_shape(src), out.type.tensor_type.elem_type
+        model.graph.node.remove(marker)
+        for vi in [vi for vi in model.graph.value_info if vi.name == src]:
+            model.graph.value_info.remove(vi)
+        model.graph.output.remove(out)
+        model.graph.output.insert(k, helper.make_tensor_value_info(src, elem, shape))
+        if scale is None:
+            continue
+        op, value = scale
+        param, new = model.make_new_valueinfo_name(), model.make_new_valueinfo_name()
+        model.set_initializer(param, value)
+        node = model.find_producer(src)
+        if node is not None and node.op_type == "Transpose" and len(model.find_consumers(node.input[0]) or []) == 1:
+            # producer -> scale -> Transpose -> output
+            model.set_tensor_shape(new, model.get_tensor_shape(node.input[0]))
+            mul = helper.make_node(op, [node.input[0], param], [new], name=f"OutputScale_{k}")
+            node.input[0] = new
+            model.graph.node.insert(list(model.graph.node).index(node), mul)
+        else:  # ... -> src -> scale -> output (src may feed other layers too)
+            model.graph.output.remove(model.graph.output[k])
+            model.graph.output.insert(k, helper.make_tensor_value_info(new, elem, shape))
+            model.graph.value_info.append(helper.make_tensor_value_info(src, elem, shape))
+            model.graph.node.append(helper.make_node(op, [src, param], [new], name=f"OutputScale_{k}"))
+
+
+def drop_unit_shuffles_before_flatten(model) -> list[str]:
+    """Bypass Transpose/Shuffle nodes that feed a Flatten and move only size-1 axes, in place.
+
+    After a global pool the map is 1x1: NHWC [1,1,1,C] -> NCHW [1,C,1,1] -> Flatten keeps
+    the values in the same order. FINN's RemoveCNVtoFCFlatten removes such a pair only
+    when an MVAU reads the Flatten; a two-headed model concatenates pooled vectors first
+    (Flatten -> StreamingConcat), and the pair became a Shuffle and a Flatten that has no
+    hardware layer, so partitioning failed on the Flatten. Without the Shuffle,
+    RemoveCNVtoFCFlatten drops the Flatten between the two hardware layers. Returns the
+    nodes bypassed.
+    """
+    done = []
+    for flat in [n for n in model.graph.node if n.op_type in ("Flatten", "Reshape")]:
+        prod = model.find_producer(flat.input[0])
+        if prod is None or not (prod.op_type == "Transpose" or prod.op_type.startswith("Shuffle")):
+            continue
+        ishape = model.get_tensor_shape(prod.input[0])
+        if ishape is None or sum(d > 1 for d in ishape[1:]) > 1:
+            continue
+        flat.input[0] = prod.input[0]
+        if not model.find_consumers(prod.output[0]):
+            model.graph.node.remove(prod)
+        done.append(prod.name)
+    return done
 
 
 def has_forks_or_joins(model) -> bool:
