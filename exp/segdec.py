@@ -1,6 +1,6 @@
 """Experiment: a two-output (decision logits, segmentation map) model through FINN."""
 import os, sys, time, json, faulthandler
-faulthandler.dump_traceback_later(150, exit=True)
+faulthandler.dump_traceback_later(900, exit=True)
 import numpy as np, torch, torch.nn as nn
 torch.set_num_threads(1)
 sys.path.insert(0, "/work/wt-finn/tests")
@@ -68,3 +68,21 @@ if "--steps" in sys.argv:
     print(json.dumps(times)); print("host", cfg.notes.get("host_ops"))
     print([n.op_type for n in out.graph.node])
     print("partition outputs", [o.name for o in out.graph.output])
+if "--lower" in sys.argv:
+    from compilers.finn import lower
+    from targets.fpga_parts import get_part
+    import copy
+    pix = rect_images(16, H, W, 3)
+    md = copy.deepcopy(m).double().eval()
+    with torch.no_grad():
+        lo, seg = md(to_input(pix).double())
+    ref = [lo.numpy(), seg.numpy().reshape(len(pix), -1)]
+    fold = None
+    if "--fold" in sys.argv:
+        from targets.folding import fold
+    t = time.time()
+    r = lower(p, f"/tmp/exp_segdec_l_{H}x{W}", get_part("zcu104"), clock_mhz=200, target_fps=float(os.environ.get("FPS", 1000)),
+              samples_uint8=pix, reference_logits=ref, folding=fold, parity_batch=16)
+    print("lower total", round(time.time() - t, 1)); print(json.dumps(r.time_per_step))
+    for s_ in r.parity: print(s_.stage, s_.exact, s_.rel_diff, s_.argmax_agreement, s_.same_as, s_.outputs and [o["rel_diff"] for o in s_.outputs], s_.first_divergence)
+    print("est_fps", r.est_fps, r.resources, "bit_exact", r.bit_exact, "host", r.host_ops, r.notes.get("outputs_held"))

@@ -22,7 +22,8 @@ Rules (see ../shared/notes/fpga-finn.md for what was measured):
                    it, RoundTo8bit (not FLOOR), padding, a nonzero zero point; for a
                    non-square window or unequal strides (lowered by custom_ops.py) also
                    a signed input, a left shift or a sum that could clamp.
-- graph-io:        not exactly one input [1, C, H, W] and one output.
+- graph-io:        not exactly one input [1, C, H, W], no output, or an output no node
+                   computes (a QuantTensor returned by forward()).
 """
 from __future__ import annotations
 
@@ -183,11 +184,18 @@ def find_problems(model) -> list[Problem]:
         problems.append(Problem(node.name, node.op_type, layer_name(node), rule, hint))
 
     dyn_inputs = [i for i in model.graph.input if i.name not in g.init]
-    if len(dyn_inputs) != 1 or len(model.graph.output) != 1:
+    if len(dyn_inputs) != 1 or len(model.graph.output) < 1:
         raise UserError(
             f"the model has {len(dyn_inputs)} inputs and {len(model.graph.output)} outputs: "
-            "FINN lowers one image input [1, C, H, W] to one logits output"
+            "FINN lowers one image input [1, C, H, W] to one or more outputs (logits, a map)"
         )
+    produced = set(g.producer)
+    for out in model.graph.output:
+        if out.name not in produced and out.name not in g.inputs:
+            raise UserError(
+                f"model output '{out.name}' is computed by no node [graph-io]: a forward() returning a "
+                "Brevitas QuantTensor exports its scale/zero-point/bit-width as extra outputs; return .value"
+            )
     in_shape = g.shape(dyn_inputs[0].name)
     if in_shape is None or len(in_shape) != 4 or in_shape[0] != 1:
         raise UserError(

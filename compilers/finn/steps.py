@@ -259,10 +259,7 @@ def convert_to_hw(model, cfg: FlowConfig):
 
     model = model.transform(InferRectQuantAvgPool())  # non-square pools: Im2Col + Pool, as InferPool does
     model = step_convert_to_hw(model, cfg.finn)
-    if drop_unit_shuffles_before_flatten(model):
-        from finn.transformation.move_reshape import RemoveCNVtoFCFlatten
-
-        model = model.transform(RemoveCNVtoFCFlatten())
+    cfg.notes["unit_reshapes_dropped"] = drop_unit_reshapes(model)
     model = model.transform(RoundAndClipThresholds())
     return model.transform(InferDataTypes())
 
@@ -454,29 +451,45 @@ def restore_outputs(model, held) -> None:
             model.graph.node.append(helper.make_node(op, [src, param], [new], name=f"OutputScale_{k}"))
 
 
-def drop_unit_shuffles_before_flatten(model) -> list[str]:
-    """Bypass Transpose/Shuffle nodes that feed a Flatten and move only size-1 axes, in place.
+def drop_unit_reshapes(model) -> list[str]:
+    """Remove Transpose/Shuffle -> Flatten pairs that only move size-1 axes, in place.
 
-    After a global pool the map is 1x1: NHWC [1,1,1,C] -> NCHW [1,C,1,1] -> Flatten keeps
-    the values in the same order. FINN's RemoveCNVtoFCFlatten removes such a pair only
-    when an MVAU reads the Flatten; a two-headed model concatenates pooled vectors first
-    (Flatten -> StreamingConcat), and the pair became a Shuffle and a Flatten that has no
-    hardware layer, so partitioning failed on the Flatten. Without the Shuffle,
-    RemoveCNVtoFCFlatten drops the Flatten between the two hardware layers. Returns the
-    nodes bypassed.
+    After a global pool the map is 1x1: NHWC [1,1,1,C] -> NCHW [1,C,1,1] -> Flatten [1,C]
+    keeps the stream as it is. FINN's RemoveCNVtoFCFlatten removes such a pair only when
+    an MVAU reads the Flatten, and its "standalone flatten" case rewires the consumer's
+    input 0 whichever input the Flatten fed (a StreamingConcat of three pooled vectors
+    came out with its inputs wrong). A two-headed model concatenates pooled vectors before
+    its linear layer, so the pairs stay (a Flatten has no hardware layer: partitioning
+    fails). Here a Flatten whose input has at most one axis > 1 is removed (its readers
+    read its input, at the right input index) and so is a Transpose/Shuffle before it
+    that then has no reader. Returns the nodes removed.
     """
+    from finn.util.fpgadataflow import is_fpgadataflow_node
+
+    def unit(name):
+        shape = model.get_tensor_shape(name)
+        return shape is not None and sum(d > 1 for d in shape[1:]) <= 1
+
     done = []
+    outs = {o.name for o in model.graph.output}
     for flat in [n for n in model.graph.node if n.op_type in ("Flatten", "Reshape")]:
-        prod = model.find_producer(flat.input[0])
-        if prod is None or not (prod.op_type == "Transpose" or prod.op_type.startswith("Shuffle")):
+        src, dst = flat.input[0], flat.output[0]
+        readers = model.find_consumers(dst) or []
+        if not unit(src) or dst in outs or not readers or not all(is_fpgadataflow_node(r) for r in readers):
             continue
-        ishape = model.get_tensor_shape(prod.input[0])
-        if ishape is None or sum(d > 1 for d in ishape[1:]) > 1:
-            continue
-        flat.input[0] = prod.input[0]
-        if not model.find_consumers(prod.output[0]):
+        prod = model.find_producer(src)
+        if prod is not None and (prod.op_type == "Transpose" or prod.op_type.startswith("Shuffle")) \
+                and unit(prod.input[0]) and len(model.find_consumers(src) or []) == 1:
             model.graph.node.remove(prod)
-        done.append(prod.name)
+            done.append(prod.name)
+            src = prod.input[0]
+            prod = model.find_producer(src)
+        if prod is None or not is_fpgadataflow_node(prod):
+            continue  # the Flatten is the first node: leave it to FINN
+        for r in readers:
+            r.input[:] = [src if i == dst else i for i in r.input]
+        model.graph.node.remove(flat)
+        done.append(flat.name)
     return done
 
 
