@@ -107,3 +107,48 @@ def test_a_quant_tensor_output_is_named_by_the_preflight(tmp_path):
     path = export_qonnx(model, (H, W), tmp_path / "bad.onnx")
     with pytest.raises(UserError, match=r"graph-io.*return \.value"):
         find_problems(ModelWrapper(str(path)))
+
+
+class Concat4d(SegDecNet):
+    def forward(self, x):
+        f = self.encoder(x)
+        s = self.seg_q(self.seg_bn(self.seg(f)))
+        z = torch.cat([self.cat_q(self.fpool(f)), self.cat_q(self.spool(s)), self.cat_q(self.smax(s))], dim=1)
+        return self.fc(torch.flatten(z, 1)), s.value
+
+
+class ConcatTwoScales(SegDecNet):
+    def __init__(self):
+        super().__init__()
+        self.other_q = qnn.QuantReLU(bit_width=8, return_quant_tensor=True)
+
+    def forward(self, x):
+        f = self.encoder(x)
+        s = self.seg_q(self.seg_bn(self.seg(f)))
+        parts = [self.cat_q(self.fpool(f)), self.other_q(self.spool(s)), self.cat_q(self.smax(s))]
+        # Brevitas refuses to cat QuantTensors of different scales; their values it concatenates
+        z = torch.cat([torch.flatten(p.value, 1) for p in parts], dim=1)
+        return self.fc(z), s.value
+
+
+@pytest.mark.parametrize("cls, rule, words", [(Concat4d, "concat-shape", "flatten each input"),
+                                              (ConcatTwoScales, "concat-scale", "same QuantReLU")])
+def test_preflight_names_concats_finn_cannot_lower(tmp_path, cls, rule, words):
+    from qonnx.core.modelwrapper import ModelWrapper
+    from quant.export import export_qonnx
+
+    torch.manual_seed(0)
+    model = randomize(cls(), 0)
+    model.train()
+    with torch.no_grad():
+        model(to_input(rect_images(8, H, W, 1)))
+    model.eval()
+    path = export_qonnx(model, (H, W), tmp_path / "m.onnx")
+    (p,) = find_problems(ModelWrapper(str(path)))
+    assert p.rule == rule and words in p.hint and p.op_type == "Concat"
+
+
+def test_the_lowerable_two_output_model_passes_the_preflight(exported):
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    assert find_problems(ModelWrapper(str(exported[0]))) == []

@@ -22,6 +22,10 @@ Rules (see ../shared/notes/fpga-finn.md for what was measured):
                    it, RoundTo8bit (not FLOOR), padding, a nonzero zero point; for a
                    non-square window or unequal strides (lowered by custom_ops.py) also
                    a signed input, a left shift or a sum that could clamp.
+- concat-shape:    a Concat of 4-D pooled vectors [N, C, 1, 1]: FINN's StreamingConcat joins
+                   flat vectors; flatten each input and concatenate on the last axis.
+- concat-scale:    a Concat of quantized tensors with different scales: quantize every
+                   input with the same QuantReLU / QuantIdentity instance.
 - graph-io:        not exactly one input [1, C, H, W], no output, or an output no node
                    computes (a QuantTensor returned by forward()).
 """
@@ -93,6 +97,8 @@ RULES = (
     "residual-scale",
     "avgpool-after-maxpool",
     "avgpool",
+    "concat-shape",
+    "concat-scale",
 )
 
 
@@ -235,6 +241,8 @@ def find_problems(model) -> list[Problem]:
                     add(node, "avgpool", why)
         elif op == "Add":
             _check_residual(g, node, add)
+        elif op == "Concat":
+            _check_concat(g, node, add)
         if op == "MaxPool" and len(g.consumers.get(node.output[0], [])) > 1:
             add(node, "maxpool-fork", "a MaxPool whose output feeds several nodes corrupts FINN's "
                 "layout conversion; use a stride-2 conv stem (or a single consumer)")
@@ -326,6 +334,21 @@ def _check_residual(g: _Graph, node, add) -> None:
     if not same:
         add(node, "residual-scale", "the two operands of this residual Add are quantized with different "
             "scales; quantize both with the same QuantIdentity instance")
+
+
+def _check_concat(g: _Graph, node, add) -> None:
+    shapes = [g.shape(i) for i in node.input]
+    if any(s is not None and len(s) == 4 and s[2] == s[3] == 1 for s in shapes):
+        add(node, "concat-shape", "concatenating [N, C, 1, 1] pooled maps does not lower (the Transpose/Flatten "
+            "around FINN's StreamingConcat stay on the host); flatten each input and concatenate on the last axis")
+        return
+    qs = [_quant_scale(g, i) for i in node.input if not g.is_const(i)]
+    if len(qs) < 2 or any(q is None for q in qs):
+        return
+    first = qs[0]
+    if not all(all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(first, q)) for q in qs[1:]):
+        add(node, "concat-scale", "the inputs of this Concat are quantized with different scales; quantize every "
+            "input with the same QuantReLU / QuantIdentity instance")
 
 
 def _float_input(src, node, default_hint: str) -> "Problem":
