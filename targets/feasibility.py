@@ -33,7 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from core import layout
 from core.errors import UserError
+from targets.fpga_parts import get_part
 
 # create_model arguments a model config may carry (recipe.model plus dataset.size)
 _MODEL_KEYS = ("name", "num_classes", "in_size", "width", "weight_bits", "act_bits", "input_bits")
@@ -72,8 +74,6 @@ def best_feasible_fps(model_cfg: dict, part, clock_mhz: Optional[float] = None, 
     weight_bits, act_bits, input_bits, num_classes (2 if absent: it does not change the
     pipeline's speed).
     """
-    from targets.fpga_parts import get_part
-
     t0 = time.perf_counter()
     part = get_part(part) if isinstance(part, str) else part
     clock_mhz = float(clock_mhz or part.default_clock_mhz)
@@ -159,7 +159,7 @@ def _finn_fps(cfg, part, clock_mhz, budget, analytic_fps, work_dir):
     ensure_finn()
     model = create_model(**cfg).eval()
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        path = export_qonnx(model, cfg["in_size"], Path(tmp) / "model.qonnx.onnx")
+        path = export_qonnx(model, cfg["in_size"], Path(tmp) / layout.QONNX)
         graph = load_qonnx(path)
         float64_values.widen(graph.model)
         flow = S.FlowConfig(Path(tmp) / "finn", part, clock_mhz, analytic_fps, budget)
