@@ -309,9 +309,6 @@ CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
                             ("best fit",)),
     "layer-finn-cannot-lower": (lambda t, g: Setup(["build", "--target", "fpga", *TINY, "--set", "model.name=effnet_b0"], t / "b"),
                                 ("effnet_b0", "SiLU", "squeeze-excite", "resnet8")),
-    "non-square-feature-map-for-fpga": (lambda t, g: Setup(["build", "--target", "fpga", *TINY, "--set", "dataset.size=[32, 64]"],
-                                                           t / "b"),
-                                        ("dataset.size 32x64", "square")),
     "npu-requested-without-npu": (lambda t, g: Setup(["build", "--target", "npu", *TINY, "--set", "npu.device=npu"], t / "b"),
                                   ("no NPU device", "npu.device: cpu")),
     "engine-required-without-tensorrt": (lambda t, g: Setup(["build", "--target", "gpu", *TINY, "--set", "gpu.require_engine=true"],
@@ -324,7 +321,7 @@ CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
 }
 
 # cases that must fail before any stage runs (cheap checks first): no stage directory at all
-BEFORE_ANY_STAGE = {"layer-finn-cannot-lower", "non-square-feature-map-for-fpga", "npu-requested-without-npu",
+BEFORE_ANY_STAGE = {"layer-finn-cannot-lower", "npu-requested-without-npu",
                     "engine-required-without-tensorrt", "recipe-unknown-part", "recipe-unknown-model"}
 
 

@@ -18,7 +18,16 @@ Rules (see ../shared/notes/fpga-finn.md for what was measured):
 - residual-scale:  an Add of two quantized tensors with different scales.
 - maxpool-fork:    a MaxPool whose output feeds more than one node.
 - avgpool-after-maxpool: a truncating average pool reading a MaxPool output.
-- graph-io:        not exactly one input [1, C, H, W] and one output.
+- avgpool:         an average pool that is not a lowerable TruncAvgPool2d: no Trunc after
+                   it, RoundTo8bit (not FLOOR), padding, a nonzero zero point; for a
+                   non-square window or unequal strides (lowered by custom_ops.py) also
+                   a signed input, a left shift or a sum that could clamp.
+- concat-shape:    a Concat of 4-D pooled vectors [N, C, 1, 1]: FINN's StreamingConcat joins
+                   flat vectors; flatten each input and concatenate on the last axis.
+- concat-scale:    a Concat of quantized tensors with different scales: quantize every
+                   input with the same QuantReLU / QuantIdentity instance.
+- graph-io:        not exactly one input [1, C, H, W], no output, or an output no node
+                   computes (a QuantTensor returned by forward()).
 """
 from __future__ import annotations
 
@@ -87,6 +96,9 @@ RULES = (
     "float-input",
     "residual-scale",
     "avgpool-after-maxpool",
+    "avgpool",
+    "concat-shape",
+    "concat-scale",
 )
 
 
@@ -178,11 +190,18 @@ def find_problems(model) -> list[Problem]:
         problems.append(Problem(node.name, node.op_type, layer_name(node), rule, hint))
 
     dyn_inputs = [i for i in model.graph.input if i.name not in g.init]
-    if len(dyn_inputs) != 1 or len(model.graph.output) != 1:
+    if len(dyn_inputs) != 1 or len(model.graph.output) < 1:
         raise UserError(
             f"the model has {len(dyn_inputs)} inputs and {len(model.graph.output)} outputs: "
-            "FINN lowers one image input [1, C, H, W] to one logits output"
+            "FINN lowers one image input [1, C, H, W] to one or more outputs (logits, a map)"
         )
+    produced = set(g.producer)
+    for out in model.graph.output:
+        if out.name not in produced and out.name not in g.inputs:
+            raise UserError(
+                f"model output '{out.name}' is computed by no node [graph-io]: a forward() returning a "
+                "Brevitas QuantTensor exports its scale/zero-point/bit-width as extra outputs; return .value"
+            )
     in_shape = g.shape(dyn_inputs[0].name)
     if in_shape is None or len(in_shape) != 4 or in_shape[0] != 1:
         raise UserError(
@@ -216,8 +235,14 @@ def find_problems(model) -> list[Problem]:
             elif op == "AveragePool" and _reads_maxpool(g, node.input[0]):
                 add(node, "avgpool-after-maxpool", "a truncating average pool right after a MaxPool cannot "
                     "infer its input sign; put the pool after a QuantReLU (not after the MaxPool)")
+            elif op == "AveragePool":
+                why = _avgpool_problem(g, node)
+                if why:
+                    add(node, "avgpool", why)
         elif op == "Add":
             _check_residual(g, node, add)
+        elif op == "Concat":
+            _check_concat(g, node, add)
         if op == "MaxPool" and len(g.consumers.get(node.output[0], [])) > 1:
             add(node, "maxpool-fork", "a MaxPool whose output feeds several nodes corrupts FINN's "
                 "layout conversion; use a stride-2 conv stem (or a single consumer)")
@@ -255,6 +280,30 @@ def _followed_by_quantizer(g: _Graph, node) -> bool:
     return bool(nxt) and all(n.op_type in _QUANTIZERS for n in nxt)
 
 
+def _avgpool_problem(g: _Graph, node) -> str:
+    """Why FINN cannot lower this (quantized-input) AveragePool, or ""."""
+    from qonnx.util.basic import get_by_name
+
+    from compilers.finn.custom_ops import needs_rect, rect_pool_problem
+
+    nxt = g.consumers.get(node.output[0], [])
+    if len(nxt) != 1 or nxt[0].op_type != "Trunc":
+        return ("an average pool lowers only as TruncAvgPool2d(trunc_quant=TruncTo8bit) (AveragePool -> Trunc); "
+                "this one has no single Trunc after it")
+    if needs_rect(node):
+        return rect_pool_problem(g.model, node, nxt[0]) or ""
+    mode = get_by_name(nxt[0].attribute, "rounding_mode")
+    if mode is None or mode.s.upper() != b"FLOOR":
+        return "the pool must truncate with FLOOR rounding: use trunc_quant=TruncTo8bit (not RoundTo8bit)"
+    pads = get_by_name(node.attribute, "pads")
+    if pads is not None and any(pads.ints):
+        return "padded average pools do not lower (use padding=0)"
+    zp = g.model.get_initializer(nxt[0].input[2]) if len(nxt[0].input) > 2 else None
+    if zp is not None and np.any(np.asarray(zp) != 0):
+        return "the Trunc's zero point must be 0"
+    return ""
+
+
 def _reads_maxpool(g: _Graph, name: str) -> bool:
     p = g.producer.get(name)
     while p is not None and p.op_type in ("Reshape", "Identity", "Transpose"):
@@ -285,6 +334,21 @@ def _check_residual(g: _Graph, node, add) -> None:
     if not same:
         add(node, "residual-scale", "the two operands of this residual Add are quantized with different "
             "scales; quantize both with the same QuantIdentity instance")
+
+
+def _check_concat(g: _Graph, node, add) -> None:
+    shapes = [g.shape(i) for i in node.input]
+    if any(s is not None and len(s) == 4 and s[2] == s[3] == 1 for s in shapes):
+        add(node, "concat-shape", "concatenating [N, C, 1, 1] pooled maps does not lower (the Transpose/Flatten "
+            "around FINN's StreamingConcat stay on the host); flatten each input and concatenate on the last axis")
+        return
+    qs = [_quant_scale(g, i) for i in node.input if not g.is_const(i)]
+    if len(qs) < 2 or any(q is None for q in qs):
+        return
+    first = qs[0]
+    if not all(all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(first, q)) for q in qs[1:]):
+        add(node, "concat-scale", "the inputs of this Concat are quantized with different scales; quantize every "
+            "input with the same QuantReLU / QuantIdentity instance")
 
 
 def _float_input(src, node, default_hint: str) -> "Problem":

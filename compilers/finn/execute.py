@@ -56,6 +56,7 @@ BATCH_SAFE = frozenset(
         "ElementwiseDiv",
         "ElementwiseMaximum",
         "ElementwiseMinimum",
+        "QuantAvgPool2dRect",  # compilers/finn/custom_ops.py
     }
 )
 _GENERIC_DOMAIN = "finn.custom_op.fpgadataflow"

@@ -139,9 +139,10 @@ def lower(
 ) -> FinnResult:
     """Lower a QONNX model to a FINN dataflow design with HLS/RTL sources, checking every stage.
 
-    part: a targets.fpga_parts.Part (or its name). clock_mhz: None -> the part's default.
+    part: a compilers.finn.part.Part (targets.fpga_parts.get_part). clock_mhz: None -> the part's default.
     samples_uint8: uint8 pixels [N, C, H, W] for parity (None: no parity check).
-    reference_logits: [N, classes] float logits of the trained model on those samples;
+    reference_logits: [N, classes] float logits of the trained model on those samples (a
+    multi-output model: a list with one [N, ...] array per graph output, in graph order);
     None -> the QONNX graph itself, executed by qonnx, is the reference.
     folding: fold(model, part, clock_mhz, target_fps, budget) -> plan with .config/.est_fps;
     None -> FINN's SetFolding for target_fps.
@@ -188,18 +189,27 @@ def lower(
 
 
 def parity_inputs(model, samples_uint8, reference_logits, batch: int):
-    """Validated samples and reference logits (the QONNX graph's own when none are given)."""
+    """Validated samples and reference outputs (the QONNX graph's own when none are given).
+
+    One graph output: reference_logits is [N, classes]. Several (e.g. logits and a
+    segmentation map): a list with one [N, ...] array per graph output, in graph order.
+    """
     in_shape = tuple(model.get_tensor_shape(model.graph.input[0].name))
     samples_uint8 = check_samples(samples_uint8, in_shape)
     if reference_logits is None:
         reference_logits = qonnx_reference(model, samples_uint8, batch=batch)
-    reference_logits = np.asarray(reference_logits, dtype=np.float32)
-    if reference_logits.ndim != 2 or len(reference_logits) != len(samples_uint8):
+    n_out = len(model.graph.output)
+    refs = list(reference_logits) if isinstance(reference_logits, (list, tuple)) else [reference_logits]
+    if len(refs) != n_out:
+        raise UserError(f"the model has {n_out} outputs but {len(refs)} reference arrays were given "
+                        "(pass a list with one [N, ...] array per output, in graph order)")
+    refs = [np.asarray(r, dtype=np.float32) for r in refs]
+    if refs[0].ndim != 2 or any(len(r) != len(samples_uint8) for r in refs):
         raise UserError(
-            f"reference_logits has shape {reference_logits.shape}; expected [{len(samples_uint8)}, classes] "
-            "(one row per sample)"
+            f"reference_logits has shape {[r.shape for r in refs]}; expected [{len(samples_uint8)}, classes] "
+            "(one row per sample) for the first output"
         )
-    return samples_uint8, reference_logits
+    return samples_uint8, (refs[0] if n_out == 1 else [r.reshape(len(r), -1) for r in refs])
 
 
 _OUTPUTS = ("intermediate_models", "report", "finn_tmp", "time_per_step.json", "parity.json", "finn_result.json",
@@ -278,16 +288,18 @@ def check_samples(samples: np.ndarray, in_shape: tuple) -> np.ndarray:
     return samples
 
 
-def qonnx_reference(model, samples_uint8: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Logits of the QONNX graph (qonnx's node implementations) on pixels * (1/255)."""
+def qonnx_reference(model, samples_uint8: np.ndarray, batch: int = 64):
+    """Logits of the QONNX graph (qonnx's node implementations) on pixels * (1/255):
+    [N, classes], or a list of [N, -1] arrays (one per output) for a multi-output graph."""
     from compilers.finn.execute import Executor
     from quant.preprocess import to_input_np
 
     ex = Executor(model)
     (name,) = ex.input_names
-    out = ex.output_names[0]
     x = to_input_np(samples_uint8)
-    return np.concatenate([ex.run({name: x[i : i + batch]})[out] for i in range(0, len(x), batch)]).reshape(len(x), -1)
+    runs = [ex.run({name: x[i : i + batch]}) for i in range(0, len(x), batch)]
+    outs = [np.concatenate([r[o] for r in runs]).reshape(len(x), -1) for o in ex.output_names]
+    return outs[0] if len(outs) == 1 else outs
 
 
 _CAPACITY = {"LUT": "luts", "BRAM_18K": "bram18", "URAM": "uram", "DSP": "dsp"}

@@ -4,6 +4,12 @@ Each stage model is executed in FINN's python mode (see execute.py: FINN's own n
 implementations, batched) on the whole sample set of uint8 pixels [N, C, H, W]. A
 post-partition stage runs inside the parent graph (host ops + that stage's partition).
 
+A graph with several outputs (e.g. decision logits and a segmentation map) is compared
+output by output, against one reference array per output (graph order): each output has
+its own metrics in `outputs`; the stage's max_abs_diff / max_abs_diff_rel are the worst output's,
+argmax_agreement is that of output 0 (the logits), and the stage is exact when every
+output is.
+
 Metrics per stage, on float logits:
 - max_abs_diff:  max |stage - reference|;
 - max_abs_diff_rel: max_abs_diff / logit scale, the scale being max |reference|;
@@ -59,6 +65,7 @@ class StageParity:
     executor_check: Optional[float] = None  # max |batched - FINN execute_onnx| / scale on a few samples
     executor: str = "batched"  # "per-sample" when the batched executor disagreed with FINN
     same_as: Optional[str] = None  # an earlier stage with the same python-mode graph: its result
+    outputs: Optional[list] = None  # per graph output (several outputs only): compare() metrics
 
 
     @property
@@ -89,13 +96,36 @@ def stage_executor(stage: Stage, reference_mode: bool = False):
 
 
 def run_stage(stage: Stage, pixels: np.ndarray, batch: int = 64, reference_mode: bool = False) -> np.ndarray:
-    """Logits of one stage for uint8 pixels [N, C, H, W] (float32 [N, classes])."""
+    """Logits of one stage for uint8 pixels [N, C, H, W] (float32 [N, classes]): its first output."""
+    return run_outputs(stage, pixels, batch, reference_mode)[0]
+
+
+def run_outputs(stage: Stage, pixels: np.ndarray, batch: int = 64, reference_mode: bool = False) -> list[np.ndarray]:
+    """Every graph output of one stage for uint8 pixels, in graph order, each as [N, -1]."""
     ex = stage_executor(stage, reference_mode)
     (name,) = ex.input_names
-    out = ex.output_names[0]
     x = pixels.astype(np.float32)
-    chunks = [ex.run({name: x[i : i + batch]})[out] for i in range(0, len(x), batch)]
-    return np.concatenate(chunks, axis=0).reshape(len(x), -1)
+    chunks = [ex.run({name: x[i : i + batch]}) for i in range(0, len(x), batch)]
+    return [np.concatenate([c[o] for c in chunks], axis=0).reshape(len(x), -1) for o in ex.output_names]
+
+
+def as_outputs(reference) -> list[np.ndarray]:
+    """The reference as a list of [N, -1] arrays: one array (one output) or one per output."""
+    if isinstance(reference, (list, tuple)):
+        return [np.asarray(r).reshape(len(r), -1) for r in reference]
+    return [np.asarray(reference)]
+
+
+def compare_outputs(outputs: Sequence[np.ndarray], reference) -> tuple[dict, list[dict]]:
+    """compare() per output; the combined metrics (worst output; argmax of output 0) and the list."""
+    refs = as_outputs(reference)
+    if len(outputs) != len(refs):
+        raise ValueError(f"the stage has {len(outputs)} outputs but {len(refs)} reference arrays were given")
+    per = [compare(o, r) for o, r in zip(outputs, refs)]
+    worst = max(range(len(per)), key=lambda k: per[k]["max_abs_diff_rel"])
+    combined = dict(per[worst], argmax_agreement=per[0]["argmax_agreement"], exact=all(m["exact"] for m in per),
+                    output=worst)
+    return combined, per
 
 
 def check_stages(stages: Sequence[Stage], pixels: np.ndarray, reference: np.ndarray, batch: int = 64,
@@ -123,12 +153,15 @@ def check_stages(stages: Sequence[Stage], pixels: np.ndarray, reference: np.ndar
             xcheck = check_executor(stage, pixels[:executor_samples])
             if xcheck > BIT_EXACT_REL:
                 mode = "per-sample"
-        logits = run_stage(stage, pixels, batch=batch, reference_mode=mode == "per-sample")
-        m = compare(logits, reference)
+        outs = run_outputs(stage, pixels, batch=batch, reference_mode=mode == "per-sample")
+        m, per = compare_outputs(outs, reference)
         res = StageParity(stage.name, len(pixels), m["argmax_agreement"], m["max_abs_diff"], m["max_abs_diff_rel"],
                           m["exact"], 0.0, None, xcheck, mode)
+        if len(per) > 1:
+            res.outputs = [{k: v for k, v in p.items() if k != "worst_sample"} for p in per]
         if not m["exact"] and localize:
-            res.first_divergence = first_divergence(stage, last_good, pixels[m["worst_sample"] : m["worst_sample"] + 1])
+            res.first_divergence = first_divergence(stage, last_good, pixels[m["worst_sample"] : m["worst_sample"] + 1],
+                                                    output=m["output"])
             res.first_divergence["sample"] = m["worst_sample"]
         res.seconds = round(time.perf_counter() - t0, 3)
         results.append(res)
@@ -189,7 +222,7 @@ _REARRANGE = {
 }
 
 
-def first_divergence(stage: Stage, good: Optional[Stage], sample: np.ndarray) -> dict:
+def first_divergence(stage: Stage, good: Optional[Stage], sample: np.ndarray, output: int = 0) -> dict:
     """The first node of `stage` whose output matches no tensor of the previous good stage.
 
     Integer-typed outputs are compared: by name when the good stage has a tensor of
@@ -231,14 +264,14 @@ def first_divergence(stage: Stage, good: Optional[Stage], sample: np.ndarray) ->
             else:
                 hit["detail"] = f"no tensor of {good.name} has these values"
             return hit
-    return _scale_divergence(stage, good, ctx, gctx, nodes, pool, by_size)
+    return _scale_divergence(stage, good, ctx, gctx, nodes, pool, by_size, output)
 
 
-def _scale_divergence(stage, good, ctx, gctx, nodes, pool, by_size) -> dict:
+def _scale_divergence(stage, good, ctx, gctx, nodes, pool, by_size, output: int = 0) -> dict:
     """All integer tensors match: find the first node whose output is off by the same
     constant factor as the stage's output (a scale lost, doubled or mis-absorbed)."""
-    out_name = stage_executor(stage).output_names[0]
-    good_out = np.asarray(gctx[stage_executor(good).output_names[0]], dtype=np.float64)
+    out_name = stage_executor(stage).output_names[output]
+    good_out = np.asarray(gctx[stage_executor(good).output_names[output]], dtype=np.float64)
     out = np.asarray(ctx[out_name], dtype=np.float64)
     factor = _fit(out, good_out)
     base = {"node": None, "compared_with": good.name}
@@ -307,14 +340,17 @@ def check_executor(stage: Stage, sample: np.ndarray, work_dir: Optional[Path] = 
 
     model = _load(stage.model_path)
     parent = _load(stage.parent_path) if stage.parent_path else None
-    ours = run_stage(stage, sample, batch=len(sample))
+    ours = run_outputs(stage, sample, batch=len(sample))
     outer = parent if parent is not None else model
-    out_name = outer.graph.output[0].name
-    theirs = []
+    names = [o.name for o in outer.graph.output]
+    theirs = [[] for _ in names]
     for i in range(len(sample)):
         ctx = run_finn_reference(outer, sample[i : i + 1], partition=model if parent is not None else None,
                                  work_dir=work_dir)
-        theirs.append(np.asarray(ctx[out_name]).reshape(1, -1))
-    theirs = np.concatenate(theirs, axis=0)
-    scale = max(1.0, float(np.max(np.abs(theirs))))
-    return float(np.max(np.abs(ours - theirs))) / scale
+        for k, name in enumerate(names):
+            theirs[k].append(np.asarray(ctx[name]).reshape(1, -1))
+    worst = 0.0
+    for o, t in zip(ours, theirs):
+        t = np.concatenate(t, axis=0)
+        worst = max(worst, float(np.max(np.abs(o - t))) / max(1.0, float(np.max(np.abs(t)))))
+    return worst

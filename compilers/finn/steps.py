@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Protocol
 
 import numpy as np
 
+from compilers.finn.part import Part
 from core.atomic import atomic_path, write_json
 from core.errors import UserError
 
@@ -67,7 +68,7 @@ class FlowConfig:
     """Everything the steps read. `finn` is the DataflowBuildConfig FINN's own steps take."""
 
     out_dir: Path
-    part: Any  # targets.fpga_parts.Part (uses .fpga_part, .finn_board, .finn_shell_flow, capacities)
+    part: Part  # targets.fpga_parts.get_part(name) (uses .fpga_part, .finn_board, .finn_shell_flow, capacities)
     clock_mhz: float
     target_fps: float
     budget: float
@@ -186,7 +187,30 @@ def fix_avgpool_trunc(model, cfg: FlowConfig):
             node.input[slot] = name
         fixed.append(node.name)
     cfg.notes["widening_truncs_fixed"] = fixed
+    cfg.notes["rect_avgpools"] = rect_avgpools(model)
+    if cfg.notes["rect_avgpools"]:
+        from qonnx.transformation.infer_datatypes import InferDataTypes
+        from qonnx.transformation.infer_shapes import InferShapes
+
+        model = model.transform(InferShapes()).transform(InferDataTypes())
     return model
+
+
+def rect_avgpools(model) -> list[str]:
+    """Rewrite, in place, non-square AveragePool -> Trunc pairs as Div -> QuantAvgPool2dRect -> Mul
+    (compilers/finn/custom_ops.py). Returns the pools rewritten."""
+    from compilers.finn.custom_ops import needs_rect, rect_pool_node
+
+    done = []
+    for pool in model.get_nodes_by_op_type("AveragePool"):
+        nxt = model.find_direct_successors(pool) or []
+        if not needs_rect(pool) or len(nxt) != 1 or nxt[0].op_type != "Trunc":
+            continue
+        why = rect_pool_node(model, pool, nxt[0])
+        if why is not None:  # checks.py rejects these before the flow starts
+            raise UserError(f"node {pool.name} (AveragePool): cannot be lowered to FINN [avgpool]: {why}")
+        done.append(pool.name)
+    return done
 
 
 def qonnx_to_finn(model, cfg: FlowConfig):
@@ -206,15 +230,25 @@ def streamline(model, cfg: FlowConfig):
     from finn.builder.build_dataflow_steps import step_streamline
     from finn.builder.custom_step_library.resnet import step_resnet_streamline
 
+    held = hold_outputs(model)
+    cfg.notes["outputs_held"] = [k for k, _ in held]
     mode = cfg.streamline
     if mode == "auto":
         mode = "plus" if has_forks_or_joins(model) else "finn"
     cfg.notes["streamline"] = mode
     if mode == "plus":
-        return step_resnet_streamline(model, cfg.finn)
-    if mode == "finn":
-        return step_streamline(model, cfg.finn)
-    raise UserError(f"streamline mode '{cfg.streamline}' is not one of: auto, finn, plus")
+        model = step_resnet_streamline(model, cfg.finn)
+    elif mode == "finn":
+        model = step_streamline(model, cfg.finn)
+    else:
+        raise UserError(f"streamline mode '{cfg.streamline}' is not one of: auto, finn, plus")
+    if held:
+        from qonnx.transformation.infer_datatypes import InferDataTypes
+        from qonnx.transformation.infer_shapes import InferShapes
+
+        restore_outputs(model, held)
+        model = model.transform(InferShapes()).transform(InferDataTypes())
+    return model
 
 
 def convert_to_hw(model, cfg: FlowConfig):
@@ -222,7 +256,11 @@ def convert_to_hw(model, cfg: FlowConfig):
     from finn.transformation.streamline.round_thresholds import RoundAndClipThresholds
     from qonnx.transformation.infer_datatypes import InferDataTypes
 
+    from compilers.finn.custom_ops import InferRectQuantAvgPool
+
+    model = model.transform(InferRectQuantAvgPool())  # non-square pools: Im2Col + Pool, as InferPool does
     model = step_convert_to_hw(model, cfg.finn)
+    cfg.notes["unit_reshapes_dropped"] = drop_unit_reshapes(model)
     model = model.transform(RoundAndClipThresholds())
     return model.transform(InferDataTypes())
 
@@ -335,6 +373,125 @@ def hw_codegen(model, cfg: FlowConfig):
 
 # ---------------------------------------------------------------------------------------
 # helpers
+
+
+def hold_outputs(model) -> list[tuple[int, Optional[tuple[str, Any]]]]:
+    """Prepare the 4-D graph outputs (a segmentation map) for FINN's streamlining, in place.
+
+    Two FINN streamlining problems with a feature-map output that also feeds other layers:
+    - MoveOpPastFork (MoveMulPastFork, MoveTransposePastFork) asserts "Must have >1
+      consumer" when a forked tensor is also a graph output (qonnx counts the output as a
+      branch; FINN then finds one consumer);
+    - StreamlinePlus never ends when the output is scale Mul -> NHWC->NCHW Transpose:
+      MoveScalarLinearPastInvariants moves the scalar Mul past the Transpose and
+      MoveTransposePastEltwise moves it back.
+    So each such output's constant scale (Mul/Div) is taken off (it stays for the scale's
+    other consumers) and an OutputMarker (custom_ops.py) reads the rest and writes the
+    output, so the output is an ordinary branch of the fork. `restore_outputs` removes
+    the markers and puts the scales back. Returns [(output index, (op, scale) or None)].
+    """
+    from onnx import helper
+
+    from compilers.finn.custom_ops import DOMAIN
+
+    held = []
+    for k, out in enumerate(list(model.graph.output)):
+        shape = model.get_tensor_shape(out.name)
+        if shape is None or len(shape) != 4:
+            continue
+        src, scale = out.name, None
+        node = model.find_producer(out.name)
+        if node is not None and node.op_type in ("Mul", "Div") and model.get_initializer(node.input[1]) is not None:
+            src, scale = node.input[0], (node.op_type, np.asarray(model.get_initializer(node.input[1])))
+            if not model.find_consumers(out.name):
+                model.graph.node.remove(node)
+        # out.name becomes an inner tensor (or disappears); the marker writes a new output
+        new = model.make_new_valueinfo_name()
+        elem = out.type.tensor_type.elem_type
+        model.graph.output.remove(out)
+        if src == out.name or model.find_consumers(out.name):
+            model.graph.value_info.append(helper.make_tensor_value_info(out.name, elem, shape))
+        model.graph.output.insert(k, helper.make_tensor_value_info(new, elem, shape))
+        model.graph.node.append(helper.make_node("OutputMarker", [src], [new], domain=DOMAIN, name=f"OutputMarker_{k}"))
+        held.append((k, scale))
+    return held
+
+
+def restore_outputs(model, held) -> None:
+    """Undo `hold_outputs` after streamlining, in place: drop the markers and put each scale
+    back (before a trailing Transpose, so it stays inside the hardware partition)."""
+    from onnx import helper
+
+    for k, scale in held:
+        out = model.graph.output[k]
+        marker = model.find_producer(out.name)
+        assert marker is not None and marker.op_type == "OutputMarker", "streamlining moved an output marker"
+        src = marker.input[0]
+        shape, elem = model.get_tensor_shape(src), out.type.tensor_type.elem_type
+        model.graph.node.remove(marker)
+        for vi in [vi for vi in model.graph.value_info if vi.name == src]:
+            model.graph.value_info.remove(vi)
+        model.graph.output.remove(out)
+        model.graph.output.insert(k, helper.make_tensor_value_info(src, elem, shape))
+        if scale is None:
+            continue
+        op, value = scale
+        param, new = model.make_new_valueinfo_name(), model.make_new_valueinfo_name()
+        model.set_initializer(param, value)
+        node = model.find_producer(src)
+        if node is not None and node.op_type == "Transpose" and len(model.find_consumers(node.input[0]) or []) == 1:
+            # producer -> scale -> Transpose -> output
+            model.set_tensor_shape(new, model.get_tensor_shape(node.input[0]))
+            mul = helper.make_node(op, [node.input[0], param], [new], name=f"OutputScale_{k}")
+            node.input[0] = new
+            model.graph.node.insert(list(model.graph.node).index(node), mul)
+        else:  # ... -> src -> scale -> output (src may feed other layers too)
+            model.graph.output.remove(model.graph.output[k])
+            model.graph.output.insert(k, helper.make_tensor_value_info(new, elem, shape))
+            model.graph.value_info.append(helper.make_tensor_value_info(src, elem, shape))
+            model.graph.node.append(helper.make_node(op, [src, param], [new], name=f"OutputScale_{k}"))
+
+
+def drop_unit_reshapes(model) -> list[str]:
+    """Remove Transpose/Shuffle -> Flatten pairs that only move size-1 axes, in place.
+
+    After a global pool the map is 1x1: NHWC [1,1,1,C] -> NCHW [1,C,1,1] -> Flatten [1,C]
+    keeps the stream as it is. FINN's RemoveCNVtoFCFlatten removes such a pair only when
+    an MVAU reads the Flatten, and its "standalone flatten" case rewires the consumer's
+    input 0 whichever input the Flatten fed (a StreamingConcat of three pooled vectors
+    came out with its inputs wrong). A two-headed model concatenates pooled vectors before
+    its linear layer, so the pairs stay (a Flatten has no hardware layer: partitioning
+    fails). Here a Flatten whose input has at most one axis > 1 is removed (its readers
+    read its input, at the right input index) and so is a Transpose/Shuffle before it
+    that then has no reader. Returns the nodes removed.
+    """
+    from finn.util.fpgadataflow import is_fpgadataflow_node
+
+    def unit(name):
+        shape = model.get_tensor_shape(name)
+        return shape is not None and sum(d > 1 for d in shape[1:]) <= 1
+
+    done = []
+    outs = {o.name for o in model.graph.output}
+    for flat in [n for n in model.graph.node if n.op_type in ("Flatten", "Reshape")]:
+        src, dst = flat.input[0], flat.output[0]
+        readers = model.find_consumers(dst) or []
+        if not unit(src) or dst in outs or not readers or not all(is_fpgadataflow_node(r) for r in readers):
+            continue
+        prod = model.find_producer(src)
+        if prod is not None and (prod.op_type == "Transpose" or prod.op_type.startswith("Shuffle")) \
+                and unit(prod.input[0]) and len(model.find_consumers(src) or []) == 1:
+            model.graph.node.remove(prod)
+            done.append(prod.name)
+            src = prod.input[0]
+            prod = model.find_producer(src)
+        if prod is None or not is_fpgadataflow_node(prod):
+            continue  # the Flatten is the first node: leave it to FINN
+        for r in readers:
+            r.input[:] = [src if i == dst else i for i in r.input]
+        model.graph.node.remove(flat)
+        done.append(flat.name)
+    return done
 
 
 def has_forks_or_joins(model) -> bool:

@@ -3,7 +3,7 @@
     create_model(name, num_classes, in_size=(H, W), width=1.0, weight_bits=4, act_bits=4,
                  input_bits=8, quantized=True) -> nn.Module
     list_models(pattern="*") -> list[str];  model_info(name) -> ModelInfo
-    check_fpga(model): UserError unless FINN can lower it (FPGA model, quantized, square final map)
+    check_fpga(model): UserError unless FINN can lower it (FPGA model, quantized)
     load_float_weights(qat_model, float_state) -> TransferReport  (float pre-training -> QAT)
 """
 from quant.models.registry import ModelInfo, check_fpga, create_model, list_models, model_info, register_model

@@ -21,7 +21,7 @@ Quantizers (why these, for FINN):
   a parameter initialised so the clip starts at 6.
 - Global pool: `TruncAvgPool2d(trunc_quant=TruncTo8bit)` (floor; FINN rejects RoundTo8bit),
   its output width capped by `pool_bits`. finn-plus lowers it only for a square final
-  feature map (registry.check_fpga says so before a build).
+  feature map; compilers/finn/custom_ops.py lowers the non-square one (kernel (h, w)).
 
 Channel counts are `make_divisible(channels * width)`: the nearest multiple of 4 (at least 4),
 so FINN can fold PE/SIMD by 2 or 4 at any width while width=0.25 still gives 4-channel stems.

@@ -89,21 +89,17 @@ def create_model(name: str, num_classes: int, in_size: tuple[int, int] = (64, 64
 
 
 def check_fpga(model: nn.Module) -> None:
-    """Raise UserError unless FINN can lower this model as built (name, quantization, input size).
+    """Raise UserError unless FINN can lower this model as built (name, quantization).
 
-    finn-plus converts the global TruncAvgPool2d only for a square final feature map.
+    Non-square inputs lower too: compilers/finn/custom_ops.py lowers the global
+    TruncAvgPool2d over a non-square final map (finn-plus itself pools only square ones).
     """
     args = model.create_args
-    name, (h, w) = args["name"], args["in_size"]
+    name = args["name"]
     if not _INFO[name].fpga_lowerable:
         raise UserError(f"model {name} cannot be lowered by FINN: choose {'|'.join(list_fpga_models())} for fpga")
     if not args["quantized"]:
         raise UserError(f"model {name} is the float twin; the fpga target needs quantized=True (Brevitas QAT)")
-    fh, fw = model.feature_size
-    if fh != fw:
-        raise UserError(f"model {name}: dataset.size {h}x{w} leaves a {fh}x{fw} feature map before the global "
-                        f"pool and FINN pools only square maps: use a square dataset.size or "
-                        f"dataset.resize=tile|letterbox for fpga")
 
 
 def list_fpga_models() -> list[str]:
