@@ -47,10 +47,10 @@ bench: $(STAMP)
 	$(QDEPLOY) bench $(RECIPE)
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow and not bench" -q --durations=15
+	$(PY) -X faulthandler -m pytest -m "not slow and not bench" -q --durations=15
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m "slow" -q --durations=15
+	$(PY) -X faulthandler -m pytest -m "slow" -q --durations=15
 
 # Regenerate the lock from requirements/top.txt in a scratch env (needs the registries).
 lock:

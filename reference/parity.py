@@ -13,6 +13,7 @@ from core.atomic import write_json
 from core.console import console
 from core.errors import GateFailed, UserError
 from reference.inputs import Inputs
+from reference.schema import validate_report
 from quant import metrics
 from reference import twins as tw
 from reference.gates import evaluate_gates, failed
@@ -63,7 +64,7 @@ def target_parity(ctx: Inputs, target: str) -> dict:
     models = {k: v for k, v in models.items() if k in ("float", "qat") or v["target"] == target}
     gates = evaluate_gates(models, ctx.recipe.gates)
     result = {**_header(ctx), "models": models, "gates": gates}
-    write_json(ctx.stage_dir(target) / layout.PARITY, result)
+    write_json(ctx.stage_dir(target) / layout.PARITY, validate_report(result))
     for key, m in models.items():
         if m["role"] == "target":
             ag = m["agreement_reference"]
@@ -138,7 +139,7 @@ def run_parity(ctx: Inputs, render_only: bool = False) -> dict:
                           "(make target=fpga|npu|gpu build)[/yellow]")
         report = build_report(ctx)
         report["cams"] = _cam_section(ctx, out_dir)
-        write_json(out_dir / layout.REPORT, report)
+        write_json(out_dir / layout.REPORT, validate_report(report))
     paths = render_report(report, out_dir)
     print_console_summary(report, console=console)
     console.print(f"report: {paths['html']} (also {paths['md'].name}, report.json)")

@@ -62,6 +62,13 @@ def test_parity_report_covers_all_targets(built):
     assert run(built.parent, "parity") == 0
     report = json.loads((built / "report" / "report.json").read_text())
     assert set(report["targets_built"]) == {"fpga", "npu", "gpu"}
+    from reference.schema import ReportSchemaError, validate_report
+
+    validate_report(report)  # what the producers wrote is what the contract and the renderer read
+    renamed = json.loads(json.dumps(report))
+    renamed["fpga"]["stages"][0]["first_divergence_node"] = renamed["fpga"]["stages"][0].pop("first_divergent_node")
+    with pytest.raises(ReportSchemaError, match=r"fpga\.stages\.0\.first_divergent_node"):
+        validate_report(renamed)
     assert {"float", "qat", "fpga", "npu_qat", "npu", "gpu_qat", "gpu"} <= set(report["models"])
     html = (built / "report" / "report.html").read_text()
     fpga = report["models"]["fpga"]["agreement_reference"]
