@@ -12,7 +12,7 @@ from quant.train import predict
 
 H, W = int(sys.argv[1]), int(sys.argv[2])
 width = float(sys.argv[3]) if len(sys.argv) > 3 else 0.25
-out = f"/tmp/exp_ns_{H}x{W}"
+out = f"/tmp/exp_ns_{os.environ.get('MODEL', 'resnet8')}_{H}x{W}"
 def imgs(n, h, w, seed):
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]; yy = yy / h; xx = xx / w
@@ -22,7 +22,7 @@ def imgs(n, h, w, seed):
         o[i, 0] = np.clip(base + a*xx + b*yy + c*(xx-.5)*(yy-.5) + rng.normal(0, 20, (h, w)), 0, 255)
     return o
 torch.manual_seed(0)
-m = create_model("resnet8", 3, (H, W), width=width)
+m = create_model(os.environ.get("MODEL", "resnet8"), 3, (H, W), width=width)
 randomize(m, 0)
 x = to_input(imgs(64, H, W, 1)); m.train()
 with torch.no_grad():

@@ -35,7 +35,10 @@ class SegDec(nn.Module):
         parts = [self.cat_q(self.fpool(f)), self.cat_q(self.spool(s))]
         if USE_MAX:
             parts.append(self.cat_q(self.smax(s)))
-        z = torch.cat([torch.flatten(p, 1) for p in parts], dim=1)  # concat on the last axis
+        if "--cat4d" in sys.argv:
+            z = torch.flatten(torch.cat(parts, dim=1), 1)
+        else:
+            z = torch.cat([torch.flatten(p, 1) for p in parts], dim=1)  # concat on the last axis
         return self.fc(z), (s.value if hasattr(s, "value") else s)
 
 torch.manual_seed(0)
