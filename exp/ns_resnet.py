@@ -30,7 +30,7 @@ with torch.no_grad():
     _balance_head(m, x)
 m.eval()
 print("feature_size", m.feature_size)
-t = time.time(); p = export_qonnx(m, (H, W), f"/tmp/ns_{H}x{W}.onnx"); print("export", round(time.time()-t, 1))
+t = time.time(); p = export_qonnx(m, (H, W), f"/tmp/ns_{os.environ.get('MODEL', 'resnet8')}_{H}x{W}.onnx"); print("export", round(time.time()-t, 1))
 pix = imgs(16, H, W, 3)
 ref = predict(m, pix, float64=True)
 print("ref argmax", np.bincount(ref.argmax(1), minlength=3))
