@@ -100,3 +100,11 @@ def test_check_fpga_accepts_non_square_inputs():
     from quant.models import check_fpga, create_model
 
     check_fpga(create_model("resnet8", 2, (32, 80), width=0.25))
+
+
+def test_check_fpga_names_a_3x3_conv_on_a_one_row_map():
+    from core.errors import UserError
+    from quant.models import check_fpga, create_model
+
+    with pytest.raises(UserError, match=r"8x64 leaves a 1x8 map at the 3x3 conv 'layers.2.conv2' \[conv-1d-map\]"):
+        check_fpga(create_model("resnet8", 2, (8, 64), width=0.25))

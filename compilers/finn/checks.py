@@ -22,6 +22,10 @@ Rules (see ../shared/notes/fpga-finn.md for what was measured):
                    it, RoundTo8bit (not FLOOR), padding, a nonzero zero point; for a
                    non-square window or unequal strides (lowered by custom_ops.py) also
                    a signed input, a left shift or a sum that could clamp.
+- conv-1d-map:     a Conv with a kernel (or padding) > 1 along an axis of size 1 (e.g. a
+                   3x3 conv on a 1 x W map, when the input height / total stride
+                   reaches 1): FINN treats a size-1 axis as a 1-D dummy dimension and its
+                   Im2Col asserts "Unexpected kernel shape and padding".
 - concat-shape:    a Concat of 4-D pooled vectors [N, C, 1, 1]: FINN's StreamingConcat joins
                    flat vectors; flatten each input and concatenate on the last axis.
 - concat-scale:    a Concat of quantized tensors with different scales: quantize every
@@ -97,6 +101,7 @@ RULES = (
     "residual-scale",
     "avgpool-after-maxpool",
     "avgpool",
+    "conv-1d-map",
     "concat-shape",
     "concat-scale",
 )
@@ -219,6 +224,9 @@ def find_problems(model) -> list[Problem]:
             add(node, "squeeze-excite", "a feature map scaled by a per-channel gate computed from it "
                 "(squeeze-excite) does not lower; remove the SE block (EfficientNet-Lite / MobileNetV2 style)")
         elif op in _COMPUTE:
+            why = _conv_1d_problem(g, node) if op == "Conv" else ""
+            if why:
+                add(node, "conv-1d-map", why)
             src = g.float_source(node.input[0])
             if src is not None:
                 problems.append(_float_input(src, node, "put a quantizer (QuantIdentity / QuantReLU) in front of it"))
@@ -336,11 +344,31 @@ def _check_residual(g: _Graph, node, add) -> None:
             "scales; quantize both with the same QuantIdentity instance")
 
 
+def _conv_1d_problem(g: _Graph, node) -> str:
+    from onnx import helper
+
+    shape = g.shape(node.input[0])
+    if shape is None or len(shape) != 4:
+        return ""
+    attr = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    w = g.model.get_initializer(node.input[1])
+    kernel = list(attr.get("kernel_shape", list(np.shape(w)[2:]) if w is not None else []))
+    pads = list(attr.get("pads", [0, 0, 0, 0]))
+    if len(kernel) != 2:
+        return ""
+    for axis, name in ((0, "height"), (1, "width")):
+        if shape[2 + axis] == 1 and (kernel[axis] > 1 or pads[axis] + pads[axis + 2] > 0):
+            return (f"a {kernel[0]}x{kernel[1]} conv reads a {shape[2]}x{shape[3]} map: FINN treats a {name} of 1 as "
+                    f"a 1-D dummy axis and cannot lower a kernel or padding across it; use a larger input size "
+                    f"(at least 2 rows and columns at every 3x3 layer) or a 1x1 conv there")
+    return ""
+
+
 def _check_concat(g: _Graph, node, add) -> None:
     shapes = [g.shape(i) for i in node.input]
     if any(s is not None and len(s) == 4 and s[2] == s[3] == 1 for s in shapes):
-        add(node, "concat-shape", "concatenating [N, C, 1, 1] pooled maps does not lower (the Transpose/Flatten "
-            "around FINN's StreamingConcat stay on the host); flatten each input and concatenate on the last axis")
+        add(node, "concat-shape", "concatenating [N, C, 1, 1] pooled maps does not lower (the Flatten after the "
+            "Concat has no FINN hardware layer: partitioning fails); flatten each input and concatenate on the last axis")
         return
     qs = [_quant_scale(g, i) for i in node.input if not g.is_const(i)]
     if len(qs) < 2 or any(q is None for q in qs):

@@ -100,6 +100,33 @@ def check_fpga(model: nn.Module) -> None:
         raise UserError(f"model {name} cannot be lowered by FINN: choose {'|'.join(list_fpga_models())} for fpga")
     if not args["quantized"]:
         raise UserError(f"model {name} is the float twin; the fpga target needs quantized=True (Brevitas QAT)")
+    h, w = args["in_size"]
+    for layer, (ih, iw), k in _conv_inputs(model, (h, w)):
+        if (ih == 1 and k[0] > 1) or (iw == 1 and k[1] > 1):
+            raise UserError(f"model {name}: dataset.size {h}x{w} leaves a {ih}x{iw} map at the {k[0]}x{k[1]} conv "
+                            f"'{layer}' [conv-1d-map]: FINN cannot lower a kernel across a size-1 axis; use a larger "
+                            f"dataset.size for fpga")
+
+
+def _conv_inputs(model: nn.Module, in_size: tuple[int, int]):
+    """[(layer name, input (h, w), kernel)] of every Conv2d, from one forward pass of zeros."""
+    import copy
+
+    import torch
+
+    twin = copy.deepcopy(model).eval()
+    rows, hooks = [], []
+    for name, mod in twin.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            hooks.append(mod.register_forward_hook(
+                lambda m, i, o, name=name: rows.append((name, tuple(i[0].shape[2:]), tuple(m.kernel_size)))))
+    try:
+        with torch.no_grad():
+            twin(torch.zeros(1, 1, *in_size))
+    finally:
+        for hk in hooks:
+            hk.remove()
+    return rows
 
 
 def list_fpga_models() -> list[str]:
