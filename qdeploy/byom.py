@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from core.atomic import write_json
-from core.errors import UserError
 from core.console import console
+from core.errors import UserError
 from qdeploy.steps import Context
 
 MAX_SAMPLES = 1000

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from core.atomic import write_json
-from qdeploy.stages.common import qat_checkpoint, test_pixels
-from core.errors import UserError
 from core.console import console
+from core.errors import UserError
+from qdeploy.stages.common import qat_checkpoint, test_pixels
 from qdeploy.steps import Context
 
 def step_export_qonnx(ctx: Context):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 
 from core.atomic import write_json
+from core.console import console
 from core.errors import UserError
 from qdeploy.stages.common import qat_checkpoint, test_pixels
 from qdeploy.stages.harness import target_parity
-from core.console import console
 from qdeploy.steps import Context
 
 STAGE = "fpga"
@@ -28,6 +28,25 @@ def check_part_and_model(ctx: Context):
                         f"choose one of {', '.join(list_fpga_models())} for fpga, or build {info.name} for npu or gpu")
     m = ctx.recipe.model  # the class count does not change what FINN sees: 2 stands in before the data is read
     check_fpga(create_model(m.name, 2, tuple(ctx.recipe.dataset.size), m.width, m.weight_bits, m.act_bits, m.input_bits))
+    check_fps_feasible(ctx)
+
+
+def check_fps_feasible(ctx: Context):
+    """fpga.target_fps within what the dataflow pipeline can stream at all (one pixel a
+    cycle through the stem's sliding window, every layer fully parallel): refused before
+    training, with the best feasible fps named. Resource limits come later, at folding."""
+    from targets.feasibility import best_feasible_fps
+
+    r, m = ctx.recipe, ctx.recipe.model
+    cfg = dict(name=m.name, in_size=tuple(r.dataset.size), width=m.width, weight_bits=m.weight_bits,
+               act_bits=m.act_bits, input_bits=m.input_bits)
+    feas = best_feasible_fps(cfg, r.fpga.part, r.fpga.clock_mhz)
+    if r.fpga.target_fps > feas.analytic_fps:
+        h, w = r.dataset.size
+        raise UserError(f"fpga.target_fps {r.fpga.target_fps:,.0f} is beyond what {m.name} at {h}x{w} can stream on "
+                        f"{feas.part} at {feas.clock_mhz:g} MHz: at most {feas.analytic_fps:,.0f} fps (bottleneck "
+                        f"{feas.analytic_bottleneck}, every layer fully parallel); lower fpga.target_fps, raise "
+                        "fpga.clock_mhz or use a smaller dataset.size")
 
 
 def parity_pixels(ctx: Context):

@@ -3,10 +3,10 @@ layout -> QDQ ONNX -> layout check -> onnxruntime parity -> TensorRT engine wher
 from __future__ import annotations
 
 from core.atomic import write_json
-from core.errors import UserError
-from qdeploy.stages.int8 import load_int8, train_int8
-from qdeploy.stages.harness import target_parity
 from core.console import console
+from core.errors import UserError
+from qdeploy.stages.harness import target_parity
+from qdeploy.stages.int8 import load_int8, train_int8
 from qdeploy.steps import Context
 
 STAGE = "gpu"

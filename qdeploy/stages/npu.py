@@ -2,8 +2,8 @@
 OpenVINO IR -> parity on the device OpenVINO picks."""
 from __future__ import annotations
 
-from qdeploy.stages.int8 import load_int8, train_int8
 from qdeploy.stages.harness import target_parity
+from qdeploy.stages.int8 import load_int8, train_int8
 from qdeploy.steps import Context
 
 STAGE = "npu"

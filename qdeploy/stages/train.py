@@ -5,16 +5,23 @@ import numpy as np
 from rich.table import Table
 
 from core.atomic import atomic_path, write_json
-from qdeploy.stages.common import model_args, splits
 from core.console import console
+from core.errors import UserError
+from qdeploy.stages.common import model_args, splits
+from qdeploy.stages.fpga import check_part_and_model
 from qdeploy.steps import Context
 
 
 def check_model(ctx: Context):
-    """An unknown model name fails before the dataset is generated or loaded."""
+    """An unknown model name fails before the dataset is generated or loaded; a model that
+    could not be built for the FPGA later (shape, FINN rule, fps) is said now, as a note."""
     from quant.models import model_info
 
-    model_info(ctx.recipe.model.name)
+    if model_info(ctx.recipe.model.name).fpga_lowerable:
+        try:
+            check_part_and_model(ctx)
+        except UserError as e:
+            console.print(f"[yellow]note: this recipe cannot be built for --target fpga: {e}[/yellow]")
 
 
 def step_train_float(ctx: Context):
