@@ -11,11 +11,14 @@ import pytest
 from PIL import Image
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from compilers.finn.parity import StageParity
+from core import machine
 from qdeploy.recipe import GateConfig
 from quant import metrics
 from reference.gates import evaluate_gates
 from reference.plots import curves_for
 from reference.render import print_console_summary, render_report
+from reference.schema import validate_report
 
 CLASSES = ["ok", "scratch", "patch", "pit"]
 
@@ -62,12 +65,13 @@ def fpga_section():
     return {"part": "xczu7ev-ffvc1156-2-e (ZCU104)", "clock_mhz": 200.0, "est_fps": 200e6 / 9800, "target_fps": 20000.0,
             "resources": res, "capacity": {"LUT": 230400, "BRAM_18K": 624, "URAM": 96, "DSP": 1728}, "budget": 0.7,
             "per_layer": layers,
-            "stages": [{"stage": "qonnx_streamlined", "argmax_agreement": 1.0, "max_abs_diff": 2.4e-7,
-                        "first_divergent_node": None},
-                       {"stage": "hw_layers", "argmax_agreement": 1.0, "max_abs_diff": 0.0, "first_divergent_node": None},
-                       {"stage": "folded_python", "argmax_agreement": 1.0, "max_abs_diff": 0.0, "first_divergent_node": None},
-                       {"stage": "stitched_rtlsim", "argmax_agreement": 0.995, "max_abs_diff": 0.25,
-                        "first_divergent_node": "MVAU_2"}],
+            # the producer's own record type: what compilers.finn.parity writes
+            "stages": [StageParity("streamline", 450, 1.0, 2.4e-7, 2.4e-8, True, 1.0).to_dict(),
+                       StageParity("convert_to_hw", 450, 1.0, 0.0, 0.0, True, 1.0).to_dict(),
+                       StageParity("apply_folding_config", 450, 1.0, 0.0, 0.0, True, 1.0).to_dict(),
+                       StageParity("hw_codegen", 450, 0.995, 0.25, 0.025, False, 1.0,
+                                   first_divergence={"node": "MVAU_2", "op_type": "MVAU_hls",
+                                                     "detail": "integer output differs"}).to_dict()],
             "setfolding": {"est_fps": 15000.0, "LUT": int(res["LUT"] * 1.3)}}
 
 
@@ -111,7 +115,9 @@ def make_report(keys=tuple(LABELS), fpga=True, bench=True, ok_index=0, classes=C
         "gates": evaluate_gates(models, GateConfig()),
         "bench": bench_section() if bench else None,
     }
-    return json.loads(json.dumps(report))  # what render sees is what report.json holds
+    report["machine"] = machine.identity()
+    # what render sees is what report.json holds, and what the producers are held to
+    return validate_report(json.loads(json.dumps(report)))
 
 
 def external_refs(page: str) -> list[str]:
@@ -195,7 +201,7 @@ def test_markdown_has_every_model_gate_section_and_relative_images(full):
     for link in links:
         assert not link.startswith("/") and (out / link).is_file(), link
     # the FPGA stage that diverged is named with its first divergent node
-    assert re.search(r"\| stitched_rtlsim \| \*\*99\.50%\*\* \| 0\.25 \| MVAU_2 \|", md)
+    assert re.search(r"\| hw_codegen \| \*\*99\.50%\*\* \| 0\.25 \| MVAU_2 \(MVAU_hls\) in stage hw_codegen: integer output differs \|", md)
 
 
 def test_html_is_self_contained_and_marks_failures_red(full):
