@@ -114,11 +114,11 @@ def test_float_ir_with_f32_hint_matches_torch(float_ir, float_model, pixels):
 
 
 def test_default_precision_hint_is_recorded(float_ir):
-    import openvino as ov
-
     runner = OpenVINORunner(float_ir, cpu_choice(), precision_hint="default")
-    native = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
-    assert runner.device_choice.inference_precision == native  # bf16 on CPUs that have it
+    # what the compiled model reports (bf16 on CPUs whose kernels have it, f32 otherwise, e.g.
+    # under ONEDNN_MAX_CPU_ISA=AVX2 on a bf16 CPU), not the core's claim about the device
+    compiled = runner.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    assert runner.device_choice.inference_precision == compiled in ("f32", "bf16", "f16")
 
 
 def test_ir_write_failure_keeps_the_previous_pair(tmp_path, float_model, monkeypatch):
