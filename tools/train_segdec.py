@@ -91,13 +91,63 @@ class Sampler:
         return out
 
 
+def crop_batch(ds, idx: np.ndarray, crop: int, rng: np.random.Generator, p_center: float = 0.8):
+    """Crops [B,1,crop,crop] of images idx; a defect image's crop is centred near a random
+    defect pixel with probability p_center (else anywhere)."""
+    n, _, h, w = ds.images.shape
+    xs, ms = [], []
+    for i in idx:
+        cy, cx = rng.integers(crop // 2, h - crop // 2 + 1), rng.integers(crop // 2, w - crop // 2 + 1)
+        if ds.defect[i] and ds.has_mask[i] and rng.random() < p_center:
+            yy, xx = np.nonzero(ds.masks[i, 0])
+            k = rng.integers(len(yy))
+            cy = int(np.clip(yy[k] + rng.integers(-crop // 4, crop // 4 + 1), crop // 2, h - crop // 2))
+            cx = int(np.clip(xx[k] + rng.integers(-crop // 4, crop // 4 + 1), crop // 2, w - crop // 2))
+        y0, x0 = cy - crop // 2, cx - crop // 2
+        xs.append(ds.images[i, :, y0:y0 + crop, x0:x0 + crop])
+        ms.append(ds.masks[i, :, y0:y0 + crop, x0:x0 + crop])
+    return to_input(np.stack(xs)), torch.as_tensor(np.stack(ms), dtype=torch.float32)
+
+
+def train_crops(model, train_set, args, steps: int, lr: float, seed: int) -> dict:
+    """Segmentation-only pre-training on crops (a crop costs (crop^2 / H W) of an image)."""
+    rng = np.random.default_rng(seed + 500)
+    torch.manual_seed(seed + 500)
+    sampler = Sampler(train_set.defect & train_set.has_mask, args.pos_frac, rng)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=args.wd)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, args.warmup))
+    t0, run, n = time.perf_counter(), 0.0, 0
+    for step in range(steps):
+        model.train()
+        idx = sampler.batch(args.crop_batch)
+        x, m = crop_batch(train_set, idx, args.crop, rng)
+        x, m = augment(x, m, rng, 0, args.jitter)
+        seg = model.forward_seg(x)
+        tgt = map_target(m, seg.shape[2:], model.stride)
+        loss = seg_loss(seg, tgt, torch.ones(len(idx), dtype=torch.bool), args.seg_loss, args.pos_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        run, n = run + float(loss.detach()), n + 1
+        if (step + 1) % args.eval_every == 0 or step + 1 == steps:
+            log(f"crops step {step + 1}/{steps} seg {run / n:.4f} ({time.perf_counter() - t0:.0f} s)")
+            run, n = 0.0, 0
+    return {"seconds": time.perf_counter() - t0}
+
+
 # ---------------------------------------------------------------- losses
 def seg_loss(logits, target, supervised, kind: str, pos_weight: float):
     if not supervised.any():
         return logits.sum() * 0.0
     lg, tg = logits[supervised], target[supervised]
     out = 0.0
-    if "bce" in kind:
+    if "bbce" in kind:  # class-balanced BCE: mean over defect cells + mean over background cells
+        ce = F.binary_cross_entropy_with_logits(lg, tg, reduction="none")
+        pos = tg > 0.5
+        lp = ce[pos].mean() if pos.any() else ce.sum() * 0.0
+        out = out + 0.5 * lp + 0.5 * ce[~pos].mean()
+    elif "bce" in kind:
         pw = torch.tensor(pos_weight)
         out = out + F.binary_cross_entropy_with_logits(lg, tg, pos_weight=pw)
     if "focal" in kind:
@@ -238,6 +288,7 @@ def main(argv=None):
     p.add_argument("--data", default="/work/shared/datasets/magnetic_tile")
     p.add_argument("--size", type=parse_size, default=(256, 384))
     p.add_argument("--geometry", default="letterbox", choices=["letterbox", "resize", "raw"])
+    p.add_argument("--normalize", default="none", choices=["none", "stretch"])
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--width", type=float, default=1.0)
@@ -251,6 +302,10 @@ def main(argv=None):
     p.add_argument("--float-steps", type=int, default=600)
     p.add_argument("--qat-steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--crop-batch", type=int, default=48)
+    p.add_argument("--crop-steps", type=int, default=0, help="seg-only crop pre-training steps before the float phase")
+    p.add_argument("--crop-lr", type=float, default=3e-3)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--qat-lr", type=float, default=5e-4)
     p.add_argument("--wd", type=float, default=1e-4)
@@ -275,7 +330,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
-    data = load_masked_dataset(args.data, args.size, args.geometry)
+    data = load_masked_dataset(args.data, args.size, args.geometry, normalize=args.normalize)
     tr, va, te = stratified_split(data.labels, args.seed)
     train_set, val_set, test_set = data.subset(tr), data.subset(va), data.subset(te)
     if args.mask_frac < 1:
@@ -299,6 +354,8 @@ def main(argv=None):
         fmodel.load_state_dict(torch.load(args.float_ckpt))
         result["float_train"] = {}
     else:
+        if args.crop_steps:
+            result["crop_train"] = train_crops(fmodel, train_set, args, args.crop_steps, args.crop_lr, args.train_seed)
         result["float_train"] = train(fmodel, train_set, val_set, args, args.float_steps, args.lr, "float",
                                       args.ramp, args.train_seed)
     result["float_seconds"] = time.perf_counter() - t

@@ -94,20 +94,30 @@ def _place(gray: np.ndarray, mask: np.ndarray, size: tuple[int, int], geometry: 
     return img_out, mask_out
 
 
+def stretch(gray: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> np.ndarray:
+    """Per-image contrast stretch (host-side uint8 -> uint8): percentile lo..hi -> 0..255."""
+    lo, hi = np.percentile(gray, [lo_pct, hi_pct])
+    if hi - lo < 1:
+        return gray
+    return np.clip(np.rint((gray.astype(np.float32) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
 def load_masked_dataset(root: str | Path, size: tuple[int, int] = (256, 384), geometry: str = "letterbox",
-                        rotate_portrait: bool = True, cache_dir: Path | None = DEFAULT_CACHE) -> MaskedDataset:
+                        rotate_portrait: bool = True, cache_dir: Path | None = DEFAULT_CACHE,
+                        normalize: str = "none") -> MaskedDataset:
+    """normalize: "none" | "stretch" (per-image 1-99 percentile contrast stretch, before placing)."""
     root = Path(root)
     if geometry not in ("letterbox", "resize", "raw"):
         raise ValueError(f"geometry must be letterbox|resize|raw, got {geometry!r}")
     files = _list(root)
     key = hashlib.sha256(repr((str(root.resolve()), [str(f[1]) for f in files], tuple(size), geometry,
-                               rotate_portrait, MASK_COVER)).encode()).hexdigest()[:16]
+                               rotate_portrait, MASK_COVER, normalize)).encode()).hexdigest()[:16]
     class_names = sorted({f[0] for f in files})
     ok = [c for c in class_names if c in OK_CLASS_NAMES]
     ok_index = class_names.index(ok[0]) if ok else -1
     labels = np.array([class_names.index(f[0]) for f in files], dtype=np.int64)
     names = [f"{f[0]}/{f[1].name}" for f in files]
-    cache = None if cache_dir is None else Path(cache_dir) / f"{root.name}_{size[0]}x{size[1]}_{geometry}_{key}.npz"
+    cache = None if cache_dir is None else Path(cache_dir) / f"{root.name}_{size[0]}x{size[1]}_{geometry}_{normalize}_{key}.npz"
     if cache is not None and cache.exists():
         z = np.load(cache)
         images, masks = z["images"], np.unpackbits(z["masks"], count=len(files) * size[0] * size[1])
@@ -120,6 +130,8 @@ def load_masked_dataset(root: str | Path, size: tuple[int, int] = (256, 384), ge
             m = read_gray(msk) > 127 if msk.exists() else np.zeros_like(g, dtype=bool)
             if m.shape != g.shape:
                 raise ValueError(f"{msk}: mask shape {m.shape} != image shape {g.shape}")
+            if normalize == "stretch":
+                g = stretch(g)
             if rotate_portrait and g.shape[0] > g.shape[1]:
                 g, m = np.ascontiguousarray(np.rot90(g)), np.ascontiguousarray(np.rot90(m))
             images[i, 0], masks[i, 0] = _place(g, m, size, geometry)

@@ -115,6 +115,10 @@ class SegDec(nn.Module):
         self.fc = L.linear(2 * dcin + 2, num_classes)
         self.detach_decision = False  # Bozic et al.: no decision-loss gradient into the encoder
 
+    def forward_seg(self, x):
+        """Only the defect-logit map (any input size: used for crop training)."""
+        return _value(self.seg_quant(self.seg_affine(self.seg_conv(self.layers(self.stem(self.input_quant(x)))))))
+
     def forward(self, x):
         f = self.layers(self.stem(self.input_quant(x)))
         s = self.seg_quant(self.seg_affine(self.seg_conv(f)))
