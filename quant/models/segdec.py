@@ -127,8 +127,11 @@ class SegDec(nn.Module):
             fd, sd = _value(f).detach(), _value(s).detach()
         d = self.dec_layers(fd)
         q = self.head_quant
-        z = torch.cat([q(self.feat_avg(d)), q(self.feat_max(d)), q(self.map_avg(sd)), q(self.map_max(sd))], 1)
-        return self.fc(torch.flatten(z, 1)), _value(s)
+        # flatten each pooled [N,C,1,1] first: the Concat is then over the last axis (FINN's
+        # InferConcatLayer did not convert a channel-axis Concat of NCHW [1,C,1,1] tensors)
+        parts = [q(self.feat_avg(d)), q(self.feat_max(d)), q(self.map_avg(sd)), q(self.map_max(sd))]
+        z = torch.cat([torch.flatten(t, 1) for t in parts], 1)
+        return self.fc(z), _value(s)
 
 
 class DecisionOnly(nn.Module):
