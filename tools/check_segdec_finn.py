@@ -31,6 +31,9 @@ def main():
     p.add_argument("--ckpt", default=None)
     p.add_argument("--out", default="/tmp/segdec_finn")
     p.add_argument("--until", default="create_dataflow_partition")
+    p.add_argument("--gap-first", type=int, default=1,
+                   help="convert GlobalAveragePool -> GlobalAccPool + Mul and absorb the Mul into the next "
+                        "MultiThreshold before FINN's convert_to_hw (else the Mul blocks partitioning)")
     a = p.parse_args()
     torch.set_num_threads(1)
     size = tuple(int(v) for v in a.size.split("x"))
@@ -60,7 +63,20 @@ def main():
     print("checks.find_problems:", [str(p) for p in problems] or "none")
     ensure_finn()
     names = [s.__name__ for s in flow.STEPS]
-    steps = flow.STEPS[: names.index(a.until) + 1]
+    steps = list(flow.STEPS[: names.index(a.until) + 1])
+    if a.gap_first:
+        def convert_to_hw(model, cfg):  # same name: run_steps' exact-until logic keys on it
+            from finn.transformation.fpgadataflow.convert_to_hw.global_acc_pool import InferGlobalAccPoolLayer
+            from finn.transformation.streamline.absorb import AbsorbMulIntoMultiThreshold
+            from finn.transformation.streamline.reorder import MoveScalarMulPastMatMul  # noqa: F401
+            from qonnx.transformation.infer_datatypes import InferDataTypes
+            from qonnx.transformation.infer_shapes import InferShapes
+            model = model.transform(InferGlobalAccPoolLayer()).transform(InferShapes())
+            model = model.transform(AbsorbMulIntoMultiThreshold()).transform(InferDataTypes())
+            left = [n.name for n in model.graph.node if n.op_type == "Mul"]
+            print("Muls left after GlobalAccPool + absorb:", left)
+            return S.convert_to_hw(model, cfg)
+        steps[names.index("convert_to_hw")] = convert_to_hw
     cfg = S.FlowConfig(out.resolve(), get_part("zcu104"), 200.0, 1000.0, 0.7)
     with finn_build_dir(cfg.finn_tmp):
         model_out, times = flow.run_steps(m, cfg, steps)

@@ -2,7 +2,7 @@
 Brevitas QAT (W/A bits configurable), and report test-split metrics and wall time.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python tools/train_segdec.py --size 256x384 \
-        --float-steps 600 --qat-steps 200 --out /tmp/segdec_runs/base
+        --crop-steps 1500 --float-steps 600 --qat-steps 300 --out /tmp/segdec_runs/final2
 
 Recipe (small, imbalanced sets):
 - budget in optimizer steps (not epochs); AdamW, linear warm-up then cosine decay; the model
@@ -288,7 +288,7 @@ def main(argv=None):
     p.add_argument("--data", default="/work/shared/datasets/magnetic_tile")
     p.add_argument("--size", type=parse_size, default=(256, 384))
     p.add_argument("--geometry", default="letterbox", choices=["letterbox", "resize", "raw"])
-    p.add_argument("--normalize", default="none", choices=["none", "stretch"])
+    p.add_argument("--normalize", default="stretch", choices=["none", "stretch"])
     p.add_argument("--seed", type=int, default=0, help="split seed")
     p.add_argument("--train-seed", type=int, default=0)
     p.add_argument("--width", type=float, default=1.0)
@@ -300,19 +300,19 @@ def main(argv=None):
     p.add_argument("--head-bits", type=int, default=8)
     p.add_argument("--map-bits", type=int, default=8)
     p.add_argument("--float-steps", type=int, default=600)
-    p.add_argument("--qat-steps", type=int, default=200)
+    p.add_argument("--qat-steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--crop-batch", type=int, default=48)
-    p.add_argument("--crop-steps", type=int, default=0, help="seg-only crop pre-training steps before the float phase")
+    p.add_argument("--crop-steps", type=int, default=1500, help="seg-only crop pre-training steps before the float phase")
     p.add_argument("--crop-lr", type=float, default=3e-3)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--qat-lr", type=float, default=5e-4)
     p.add_argument("--wd", type=float, default=1e-4)
     p.add_argument("--warmup", type=float, default=0.1)
     p.add_argument("--pos-frac", type=float, default=0.5)
     p.add_argument("--mask-frac", type=float, default=1.0)
-    p.add_argument("--seg-loss", default="bce+dice")
+    p.add_argument("--seg-loss", default="bbce+dice", help="any of bbce|bce|focal, +dice")
     p.add_argument("--pos-weight", type=float, default=1.0)
     p.add_argument("--seg-weight", type=float, default=1.0)
     p.add_argument("--ramp", type=float, default=0.3)
