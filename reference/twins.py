@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core import layout
 from core.errors import UserError
 from reference.inputs import Inputs
 
@@ -131,7 +130,6 @@ def gpu(ctx: Inputs) -> list[Twin]:
     from targets.runners import OrtRunner
 
     qmodel, meta = ctx.load_int8("gpu")
-    d = ctx.stage_dir("gpu")
     label = f"NNCF INT8 {_int8_kind(ctx.recipe.gpu)} (TensorRT layout)"
     ref = Twin("gpu_qat", label, "qat", predict(qmodel, ctx.splits().test),
                meta["threshold"], "pytorch+nncf", "cpu", "int8 fake-quant", target="gpu")

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from compilers.tensorrt.engine import _cuda_device, _import_tensorrt, build_engine, require_tensorrt, tensorrt_available
+from compilers.tensorrt.engine import _cuda_device, build_engine, require_tensorrt, tensorrt_available
 from core import layout
 from core.errors import UserError
 from targets.runners import Runner
