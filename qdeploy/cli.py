@@ -15,6 +15,7 @@ import argparse
 import errno
 import os
 import sys
+import threading
 from pathlib import Path
 
 import yaml
@@ -90,9 +91,34 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+class _Terminated(BaseException):
+    """SIGTERM (CI cancel, `timeout`, `docker stop`) or SIGHUP, raised in the main thread."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, _frame):
+    raise _Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """SIGTERM and SIGHUP end a build like Ctrl-C: the step in progress is abandoned (its
+    outputs are written to temporary paths and renamed only when complete), finished stages
+    and steps are kept, one line is printed, exit 128 + signal."""
+    import signal
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, _raise_terminated)
     try:
         return run(argv)
+    except _Terminated as e:
+        name = signal.Signals(e.signum).name
+        print(f"qdeploy: stopped by {name}; finished stages are kept, rerun to resume", file=sys.stderr)
+        return 128 + e.signum
     except UserError as e:
         print(f"qdeploy: error: {e}", file=sys.stderr)
         return e.exit_code
@@ -106,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                 else "fix its permissions or choose another --build-dir")
         print(f"qdeploy: error: {e.strerror}: {e.filename or 'output'}: {hint}", file=sys.stderr)
         return UserError.exit_code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

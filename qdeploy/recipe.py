@@ -117,8 +117,9 @@ class GateConfig(_Section):
 
 
 class Recipe(_Section):
-    name: str = "default"
-    seed: int = 0
+    # the build folder's name under --build-dir: one safe path component, never a path
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    seed: int = Field(0, ge=0, lt=2**32)
     dataset: DatasetConfig = DatasetConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()

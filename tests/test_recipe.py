@@ -56,3 +56,16 @@ def test_every_shipped_recipe_validates():
     assert {p.stem for p in recipes} >= {"default", "neu", "casting"}
     for p in recipes:
         assert load_recipe(p).name == p.stem
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs/path", "", ".", "..", "a/b", "x" * 65, "a\nb"])
+def test_the_recipe_name_is_one_safe_folder_name(name):
+    """build/<name> is joined under --build-dir: a path there would write outside it."""
+    with pytest.raises(UserError, match=r"name"):
+        load_recipe(None, {"name": name})
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seeds_outside_numpy_range_are_refused(seed):
+    with pytest.raises(UserError, match=r"seed"):
+        load_recipe(None, {"seed": seed})
