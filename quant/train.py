@@ -90,6 +90,7 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freez
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, total_steps=epochs * len(loader))
+    warm_steps = warmup_steps(epochs * len(loader))
     best, best_state, since_best = (-1.0, -math.inf), None, 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
     with Progress(*columns, console=console, transient=False) as progress:
@@ -111,7 +112,7 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freez
                 console.print(f"{label} epoch {epoch + 1}/{epochs}: {info} ({time.perf_counter() - t0:.0f} s)")
             if (score, -nll) > best:
                 best, best_state, since_best = (score, -nll), copy.deepcopy(model.state_dict()), 0
-            else:
+            elif (epoch + 1) * len(loader) > warm_steps:  # patience counts only once warm-up is over
                 since_best += 1
                 if since_best >= cfg.patience:
                     console.print(f"{label}: early stop after epoch {epoch + 1} (no validation gain for {cfg.patience})")
@@ -123,9 +124,13 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freez
     return history
 
 
+def warmup_steps(total_steps: int, warmup_fraction: float = 0.1) -> int:
+    return max(1, int(warmup_fraction * total_steps))
+
+
 def warmup_cosine(optimizer, total_steps: int, warmup_fraction: float = 0.1):
     """Linear warm-up, then cosine decay to zero."""
-    warm = max(1, int(warmup_fraction * total_steps))
+    warm = warmup_steps(total_steps, warmup_fraction)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
 

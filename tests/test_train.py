@@ -49,3 +49,13 @@ def test_the_tie_breaker_is_the_mean_cross_entropy():
     assert _nll(np.zeros((3, 2), np.float32), labels) == pytest.approx(np.log(2))
     confident = np.array([[4.0, -4.0], [-4.0, 4.0], [-4.0, 4.0]], dtype=np.float32)
     assert _nll(confident, labels) == pytest.approx(np.log1p(np.exp(-8.0)), rel=1e-4)
+
+
+def test_patience_counts_only_after_warm_up(small, one_torch_thread):
+    """A model that cannot improve (learning rate 0) stops after `patience` epochs counted
+    from the end of warm-up (10% of 20 epochs = 2), not from epoch 1."""
+    torch.manual_seed(0)
+    model = create_model("resnet8", 2, (16, 16), width=0.5, quantized=False)
+    hist = fit(model, small, TrainConfig(patience=1, augment=False), epochs=20, lr=0.0, seed=0, label="flat",
+               freeze_bn_from=0)  # and frozen BatchNorm statistics: the model is constant
+    assert len(hist["epochs"]) == 3  # epoch 1 best; epoch 2 inside warm-up; epoch 3 the one patience allows
