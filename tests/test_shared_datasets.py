@@ -76,3 +76,15 @@ def test_neu_type_task_counts_and_duplicate(datasets_dir: Path, tmp_path):
     assert any("patches/patches_101.jpg = patches/patches_105.jpg" in n for n in sp.notes)
     holders = [name for name, s in sp.items() if {"patches/patches_101.jpg", "patches/patches_105.jpg"} & set(s.keys)]
     assert len(holders) == 1 and sp.duplicates == []
+
+
+def test_magnetic_tile_images_and_masks_layout(datasets_dir):
+    """<root>/images/<class> beside <root>/masks/<class>: every image gets its mask, and the
+    layout is said in the notes (it was taken for one class named "images" before)."""
+    from quant.data.loaders import list_folder
+
+    listing = list_folder(datasets_dir / "magnetic_tile", ("Free",))
+    assert len(listing.records) == 1344 and all(r.mask is not None for r in listing.records)
+    assert sorted({r.cls for r in listing.records}) == ["Blowhole", "Break", "Crack", "Fray", "Free", "Uneven"]
+    assert sum(r.cls == "Free" for r in listing.records) == 952
+    assert any("masks/<class>" in n for n in listing.notes)

@@ -40,6 +40,13 @@ from quant.data.images import IMAGE_EXTENSIONS, Box, image_size, is_image_file, 
 from quant.data.rle import parse_rle, rle_decode
 
 MASKS_DIR = "masks"
+IMAGES_DIR = "images"
+
+
+def _images_and_masks_layout(root: Path) -> bool:
+    """<root> holds only images/ and masks/, and images/ holds class folders."""
+    dirs = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return dirs == {IMAGES_DIR, MASKS_DIR} and any(p.is_dir() for p in (root / IMAGES_DIR).iterdir())
 BINARY_CLASSES = ("ok", "defect")
 
 
@@ -115,6 +122,10 @@ def _check_classes(root: Path, counts: dict[str, int]) -> None:
 
 def _class_folders(root: Path, split: str | None, notes: list[str]) -> tuple[list[Record], dict[str, int]]:
     _require_dir(root, "class-per-folder")
+    mask_root = root / MASKS_DIR
+    if _images_and_masks_layout(root):  # <root>/images/<class>/x + <root>/masks/<class>/x (magnetic tile)
+        notes.append(f"{root}: images/<class> with masks/<class> (masks attached to their images)")
+        root = root / IMAGES_DIR
     dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != MASKS_DIR)
     stray = [p for p in root.iterdir() if is_image_file(p)]
     if stray and not dirs:
@@ -127,7 +138,7 @@ def _class_folders(root: Path, split: str | None, notes: list[str]) -> tuple[lis
         images = _images_in(d, notes)
         counts[d.name] = len(images)
         masks = {}
-        mask_dir = root / MASKS_DIR / d.name
+        mask_dir = mask_root / d.name
         if mask_dir.is_dir():
             masks = {p.stem: p for p in mask_dir.iterdir() if is_image_file(p)}
         for p in images:
