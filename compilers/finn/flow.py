@@ -30,7 +30,7 @@ import numpy as np
 
 from compilers.finn import steps as S
 from compilers.finn.env import ensure_finn, finn_build_dir, tool_environment, vivado_available
-from compilers.finn.part import Part
+from compilers.finn.part import require_part
 from core.atomic import write_json, write_text
 from core.errors import UserError
 from quant import float64_values
@@ -152,7 +152,7 @@ def lower(
     from compilers.finn.parity import check_stages
 
     ensure_finn()
-    part = resolve_part(part)
+    part = require_part(part)
     clock_mhz = float(clock_mhz or getattr(part, "default_clock_mhz", 0) or 0)
     if clock_mhz <= 0:
         raise UserError(f"no clock given and part '{getattr(part, 'name', part)}' has no default clock: pass clock_mhz")
@@ -252,12 +252,6 @@ def collect_result(cfg: S.FlowConfig, times, parity, final_path: Path, command: 
 
 
 # ---------------------------------------------------------------------------------------
-
-
-def resolve_part(part: Part) -> Part:
-    if not isinstance(part, Part):
-        raise TypeError(f"part must be a compilers.finn.part.Part (targets.fpga_parts.get_part), got {part!r}")
-    return part
 
 
 def load_qonnx(path: Path):

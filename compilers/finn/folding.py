@@ -33,7 +33,7 @@ import numpy as np
 
 from core.errors import UserError
 from compilers.finn import fold_space as fs
-from compilers.finn.part import Part
+from compilers.finn.part import Part, require_part
 
 RESOURCES = fs.RESOURCES
 _ROUNDS = 40  # re-weighting rounds per cycle budget
@@ -308,8 +308,7 @@ def _infeasible(search, part, clock_hz, target_fps, budget, budget_cycles, min_c
 
 
 def _part_and_clock(part: Part, clock_mhz: float | None) -> tuple[Part, float]:
-    if not isinstance(part, Part):
-        raise TypeError(f"part must be a compilers.finn.part.Part (targets.fpga_parts.get_part), got {part!r}")
+    part = require_part(part)
     return part, part.default_clock_mhz if clock_mhz is None else clock_mhz
 
 

@@ -33,3 +33,10 @@ class Part:
     def capacity(self) -> dict[str, int]:
         """Resource capacities under the keys FINN's estimates use."""
         return {"LUT": self.luts, "BRAM_18K": self.bram18, "URAM": self.uram, "DSP": self.dsp}
+
+
+def require_part(part) -> Part:
+    """`part` itself, or TypeError: the compiler takes a Part, never a name (a caller's bug)."""
+    if not isinstance(part, Part):
+        raise TypeError(f"part must be a compilers.finn.part.Part (targets.fpga_parts.get_part), got {part!r}")
+    return part
