@@ -35,7 +35,6 @@ def export_qonnx(model: nn.Module, in_size: tuple[int, int], path: str | Path) -
     """Export a Brevitas model (eval mode) to a cleaned-up QONNX file at `path`, atomically."""
     import onnx
     from brevitas.export import export_qonnx as brevitas_export
-    from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.transformation.infer_shapes import InferShapes
     from qonnx.util.cleanup import cleanup_model
 
@@ -53,9 +52,8 @@ def export_qonnx(model: nn.Module, in_size: tuple[int, int], path: str | Path) -
                         dynamo=False)
         proto = onnx.load(str(tmp))
         float64_values.demote(proto)
-        with float64_values.float64_initializers():
-            wrapper = cleanup_model(ModelWrapper(proto))
-            wrapper = wrapper.transform(InferShapes())
+        wrapper = cleanup_model(float64_values.exact(proto))
+        wrapper = wrapper.transform(InferShapes())
         proto = wrapper.model
         proto.producer_version = ""
         proto.doc_string = ""

@@ -11,17 +11,17 @@ integer.
 
 How: the export traces the Brevitas model in float64 and writes an ordinary float32 QONNX
 file (what every ONNX/QONNX tool reads); each float initializer's `doc_string` holds its
-float64 value (`TAG` + base64). `float64_initializers()` makes qonnx's
-ModelWrapper.get_initializer return the float64 value (or the float32 value widened) and
-set_initializer keep a float64 result as float32 data plus its float64 doc_string, so graph
-transformations (FINN's streamlining) compute in float64 while the graph stays float32.
+float64 value (`TAG` + base64). `exact(model)` wraps one
+model so that its get_initializer returns the float64 value (or the float32 value widened) and
+set_initializer keeps a float64 result as float32 data plus its float64 doc_string, so graph
+transformations (FINN's streamlining) compute in float64 while the graph stays float32;
+`plain(model)` hands the same graph back to qonnx's own wrapper.
 A stale doc_string (its float64 value no longer rounds to the data) is ignored.
 """
 from __future__ import annotations
 
 import base64
-import contextlib
-from typing import Iterator
+import functools
 
 import numpy as np
 
@@ -103,31 +103,54 @@ def count(proto) -> int:
     return sum(init.doc_string.startswith(TAG) for init in proto.graph.initializer)
 
 
-@contextlib.contextmanager
-def float64_initializers() -> Iterator[None]:
-    """Within: qonnx ModelWrapper initializers are float64 to transformations (see module doc)."""
+def exact(model):
+    """`model` (a qonnx ModelWrapper or ModelProto) as a wrapper whose initializers are float64
+    to transformations (see module doc): this one model, qonnx's class untouched. Every model a
+    transformation returns, including fresh wrappers some build (InferShapes), stays exact."""
+    cls = _exact_class()
+    return model if isinstance(model, cls) else cls(getattr(model, "model", model))
+
+
+def plain(model):
+    """The same graph in qonnx's own ModelWrapper (float32 initializer access)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    return ModelWrapper(model.model) if type(model) is not ModelWrapper else model
+
+
+@functools.cache
+def _exact_class():
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.util.basic import get_by_name
 
-    get, set_ = ModelWrapper.get_initializer, ModelWrapper.set_initializer
+    class Float64ModelWrapper(ModelWrapper):
+        def get_initializer(self, tensor_name, return_dtype=False):
+            out = super().get_initializer(tensor_name, return_dtype)
+            data = out[0] if return_dtype else out
+            if data is None:
+                return out
+            wide = value(get_by_name(self.graph.initializer, tensor_name), data)
+            return (wide, out[1]) if return_dtype else wide
 
-    def get_initializer(self, tensor_name, return_dtype=False):
-        out = get(self, tensor_name, return_dtype)
-        data = out[0] if return_dtype else out
-        if data is None:
-            return out
-        wide = value(get_by_name(self.graph.initializer, tensor_name), data)
-        return (wide, out[1]) if return_dtype else wide
+        def set_initializer(self, tensor_name, tensor_value):
+            wide = np.asarray(tensor_value)
+            if wide.dtype != np.float64:
+                return super().set_initializer(tensor_name, tensor_value)
+            super().set_initializer(tensor_name, wide.astype(np.float32))
+            attach(get_by_name(self.graph.initializer, tensor_name), wide)
 
-    def set_initializer(self, tensor_name, tensor_value):
-        wide = np.asarray(tensor_value)
-        if wide.dtype != np.float64:
-            return set_(self, tensor_name, tensor_value)
-        set_(self, tensor_name, wide.astype(np.float32))
-        attach(get_by_name(self.graph.initializer, tensor_name), wide)
+        def transform(self, transformation, *args, **kwargs):
+            return super().transform(_StaysExact(transformation, Float64ModelWrapper), *args, **kwargs)
 
-    ModelWrapper.get_initializer, ModelWrapper.set_initializer = get_initializer, set_initializer
-    try:
-        yield
-    finally:
-        ModelWrapper.get_initializer, ModelWrapper.set_initializer = get, set_
+    return Float64ModelWrapper
+
+
+class _StaysExact:
+    """A transformation whose result is re-wrapped as exact when it returns a fresh wrapper."""
+
+    def __init__(self, transformation, cls):
+        self.transformation, self.cls = transformation, cls
+
+    def apply(self, model):
+        out, changed = self.transformation.apply(model)
+        return (out if isinstance(out, self.cls) else self.cls(out.model)), changed

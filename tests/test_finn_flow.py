@@ -24,16 +24,24 @@ STEP_NAMES = [s.__name__ for s in STEPS]
 
 
 @pytest.fixture(scope="module")
-def build(tmp_path_factory):
+def flow_input():
     path, model = exported("ResidualNet", size=SIZE)
     pixels = images(N, SIZE, seed=3)
-    reference = logits(model, pixels)
-    messages: list[str] = []
+    return path, pixels, logits(model, pixels)
+
+
+def _lower(path, out_dir, pixels, reference, messages):
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("XILINX_VIVADO", raising=False)
-        result = lower(path, tmp_path_factory.mktemp("finn_residual"), get_part("zcu104"), clock_mhz=200,
-                       target_fps=2000, budget=0.7, samples_uint8=pixels, reference_logits=reference,
-                       log=messages.append)
+        return lower(path, out_dir, get_part("zcu104"), clock_mhz=200, target_fps=2000, budget=0.7,
+                     samples_uint8=pixels, reference_logits=reference, log=messages.append)
+
+
+@pytest.fixture(scope="module")
+def build(flow_input, tmp_path_factory):
+    path, pixels, reference = flow_input
+    messages: list[str] = []
+    result = _lower(path, tmp_path_factory.mktemp("finn_residual"), pixels, reference, messages)
     return result, pixels, reference, messages
 
 
@@ -169,3 +177,42 @@ def test_perturbed_threshold_is_caught_at_its_node(build, tmp_path):
     div = bad.first_divergence
     assert div["node"] == node.name and div["tensor"] == node.output[0] and div["compared_with"] == "folding"
     assert div["max_abs_diff"] == 1.0  # one quantization level
+
+
+def test_an_interrupted_flow_resumes_after_its_last_finished_step(build, flow_input, tmp_path):
+    """As if killed during `folding`: the rerun loads specialize_layers' model and notes and runs the
+    rest (FINN's start_step idiom), to the same design, bit-exact; a changed setting starts afresh."""
+    import shutil
+
+    from compilers.finn.flow import FLOW_STATE, finished_state
+
+    result, pixels, reference, _ = build
+    out = tmp_path / "finn"
+    shutil.copytree(result.out_dir, out, symlinks=True)
+    state = json.loads((out / FLOW_STATE).read_text())
+    assert state["done"] == STEP_NAMES
+    cut = STEP_NAMES.index("folding")
+    state["done"] = STEP_NAMES[:cut]
+    (out / FLOW_STATE).write_text(json.dumps(state))
+    for name in STEP_NAMES[cut:]:
+        (out / "intermediate_models" / f"{name}.onnx").unlink()
+    for name in ("finn_result.json", "parity.json"):
+        (out / name).unlink()
+
+    messages: list[str] = []
+    again = _lower(flow_input[0], out, pixels, reference, messages)
+    assert any("resuming after specialize_layers" in m for m in messages)
+    ran = [m.split("] ")[1] for m in messages if m.startswith("finn [")]
+    assert ran == STEP_NAMES[cut:]
+    assert again.bit_exact and [p.stage for p in again.parity] == STEP_NAMES
+    assert again.est_fps == result.est_fps and again.resources == result.resources
+    assert again.notes == result.notes
+    assert list(json.loads((out / "time_per_step.json").read_text())) == STEP_NAMES
+
+    from compilers.finn import steps as S
+
+    cfg = S.FlowConfig(out, get_part("zcu104"), 200.0, 2000.0, 0.7)
+    assert finished_state(cfg, state["key"], STEP_NAMES) is not None
+    assert finished_state(cfg, "another input or setting", STEP_NAMES) is None
+    (out / "intermediate_models" / "tidy_up.onnx").unlink()
+    assert finished_state(cfg, state["key"], STEP_NAMES) is None  # a step's model is gone: start afresh

@@ -39,7 +39,7 @@ def _streamlined_threshold(proto, exact: bool) -> float:
     from qonnx.core.modelwrapper import ModelWrapper
 
     def run():
-        model = ModelWrapper(proto)
+        model = float64_values.exact(proto) if exact else ModelWrapper(proto)
         model.set_tensor_datatype("x", DataType["INT8"])
         for t in (AbsorbAddIntoMultiThreshold(), AbsorbMulIntoMultiThreshold()):
             model = model.transform(t)
@@ -47,10 +47,7 @@ def _streamlined_threshold(proto, exact: bool) -> float:
         model = model.transform(RoundAndClipThresholds())
         return float(model.get_initializer(model.graph.node[0].input[1]).item())
 
-    if not exact:
-        return run()
-    with float64_values.float64_initializers():
-        return run()
+    return run()
 
 
 def _demoted(strip: bool = False) -> onnx.ModelProto:
@@ -90,18 +87,24 @@ def test_streamlining_in_float64_puts_the_threshold_where_exact_arithmetic_does(
     assert _streamlined_threshold(_demoted(), exact=False) == 7.0
 
 
-def test_the_context_restores_qonnx_and_records_float64_results():
+def test_only_the_wrapped_model_is_exact_and_transformations_keep_it_so():
     from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.transformation.infer_shapes import InferShapes
 
     get, set_ = ModelWrapper.get_initializer, ModelWrapper.set_initializer
-    model = ModelWrapper(_demoted())
-    with float64_values.float64_initializers():
-        assert model.get_initializer("t").dtype == np.float64
-        model.set_initializer("u", np.array([1 / 3]))
-        assert model.get_initializer("u").item() == 1 / 3
-    assert (ModelWrapper.get_initializer, ModelWrapper.set_initializer) == (get, set_)
-    assert model.get_initializer("u").dtype == np.float32  # the graph itself stays float32
-    assert model.get_initializer("u").item() == pytest.approx(1 / 3, rel=1e-7)
+    model = float64_values.exact(_demoted())
+    other = ModelWrapper(_demoted())
+    assert model.get_initializer("t").dtype == np.float64
+    assert other.get_initializer("t").dtype == np.float32  # another model in the same process: qonnx's own
+    assert (ModelWrapper.get_initializer, ModelWrapper.set_initializer) == (get, set_)  # no class patch
+    model.set_initializer("t", np.array([[1 / 3]]))
+    assert model.get_initializer("t").item() == 1 / 3
+    shaped = model.transform(InferShapes())  # InferShapes builds a fresh qonnx wrapper inside
+    assert shaped.get_initializer("t").item() == 1 / 3
+    back = float64_values.plain(shaped)
+    assert type(back) is ModelWrapper
+    assert back.get_initializer("t").dtype == np.float32  # the graph itself stays float32
+    assert back.get_initializer("t").item() == pytest.approx(1 / 3, rel=1e-7)
 
 
 def test_scalars_keep_their_shape():

@@ -22,14 +22,16 @@ SIZE = 32
 
 
 def export_nncf_qdq(tmp_dir, size: int = SIZE, seed: int = 0):
-    """A ResNet-8 quantized by NNCF for TensorRT, exported and finalized.
+    """A ResNet-8 quantized by NNCF for TensorRT, exported and finalized, as the gpu stage does
+    (BatchNorm folded into the convolutions first).
 
     Untrained, but not trivial: BatchNorm statistics come from forward passes over random
-    images, the BN gains are random with both signs (the fold must negate some INT8
-    channels), and the classifier is scaled so logits span a few units.
+    images, the BN gains are random with both signs, and the classifier is scaled so logits
+    span a few units.
     Returns (qmodel, raw_onnx, finalized_onnx, FinalizeReport).
     """
     from quant.models import create_model
+    from qdeploy.stages.int8 import fold_batchnorm
     from quant.nncf_qat import export_qdq_onnx, quantize_int8
 
     torch.manual_seed(seed)
@@ -47,7 +49,7 @@ def export_nncf_qdq(tmp_dir, size: int = SIZE, seed: int = 0):
             model(images(16))
         model.eval()
         model.fc.weight.mul_(10.0)
-    qmodel = quantize_int8(model, [images(8)], mode="tensorrt", subset_size=8)
+    qmodel = quantize_int8(fold_batchnorm(model), [images(8)], mode="tensorrt", subset_size=8)
     raw = export_qdq_onnx(qmodel, images(1), tmp_dir / "raw.onnx")
     report = finalize_qdq(raw, tmp_dir / "model.onnx")
     return qmodel, raw, tmp_dir / "model.onnx", report
@@ -63,9 +65,7 @@ def test_finalized_nncf_model_has_tensorrt_layout(nncf_export):
     model = onnx.load(str(path))
     ops = [n.op_type for n in model.graph.node]
     compute = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-    assert "BatchNormalization" in {n.op_type for n in onnx.load(str(raw)).graph.node}
     assert "BatchNormalization" not in ops and "Identity" not in ops
-    assert report.batchnorms_folded == 9 and report.batchnorms_kept == []
     assert report.weights_folded == len(compute) == 10
     # every compute layer reads DQ(int8 constant, per-channel on axis 0) and a DQ'd activation
     layout = check_trt_layout(path)
@@ -108,31 +108,6 @@ def test_finalized_model_on_onnxruntime_matches_nncf_torch(nncf_export):
     assert float(np.abs(one - got[:1]).max()) <= bound  # another batch size: another summation order
 
 
-def test_brevitas_qcdq_export_is_finalized(tmp_path):
-    """Brevitas QCDQ leaves int8 weight -> Clip(-127, 127) -> DQ and an unfolded BN."""
-    import brevitas.nn as qnn
-    from brevitas.export import export_onnx_qcdq
-    from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat
-
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        qnn.QuantIdentity(act_quant=Int8ActPerTensorFloat, return_quant_tensor=True),
-        qnn.QuantConv2d(1, 8, 3, padding=1, weight_quant=Int8WeightPerChannelFloat, bias=False),
-        torch.nn.BatchNorm2d(8),
-        qnn.QuantReLU(act_quant=Int8ActPerTensorFloat),
-    ).eval()
-    with torch.no_grad():
-        net[2].weight.uniform_(-1, 1)
-        net[2].running_var.uniform_(0.5, 2)
-    x = to_input(torch.randint(0, 256, (4, 1, 16, 16), dtype=torch.uint8))
-    export_onnx_qcdq(net, x, export_path=str(tmp_path / "b.onnx"), dynamo=False)
-    report = finalize_qdq(tmp_path / "b.onnx", tmp_path / "b_trt.onnx")
-    assert (report.weights_folded, report.weight_clips_folded, report.batchnorms_folded) == (1, 1, 1)
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "b_trt.onnx")).graph.node]
-    assert ops == ["QuantizeLinear", "DequantizeLinear", "DequantizeLinear", "Conv", "Relu", "QuantizeLinear", "DequantizeLinear"]
-    assert report.max_abs_diff <= 0.02 * float(net(x).abs().max())
-
-
 # --- hand-made graphs -------------------------------------------------------------------
 
 C = 4  # channels of the hand-made model
@@ -155,10 +130,8 @@ def _weight_dq(name, w_int8, scale):
     return node, inits
 
 
-def valid_model(seed: int = 0, batchnorm_gain: np.ndarray | None = None) -> onnx.ModelProto:
-    """input -> Q/DQ -> Conv1 -> Relu -> Q/DQ -> Conv2 -> Q/DQ -> Add(residual) -> pool -> Q/DQ -> Gemm.
-
-    With batchnorm_gain, a BatchNormalization follows Conv1 (as exporters leave it)."""
+def valid_model(seed: int = 0) -> onnx.ModelProto:
+    """input -> Q/DQ -> Conv1 -> Relu -> Q/DQ -> Conv2 -> Q/DQ -> Add(residual) -> pool -> Q/DQ -> Gemm."""
     rng = np.random.default_rng(seed)
     nodes, inits = [], [
         numpy_helper.from_array(np.array(1 / 127, np.float32), "s_in"),
@@ -171,13 +144,7 @@ def valid_model(seed: int = 0, batchnorm_gain: np.ndarray | None = None) -> onnx
         inits += extra
     nodes += _qdq("in", "input", "s_in", "zp")
     nodes.append(helper.make_node("Conv", ["in_dq", "conv1_wdq"], ["c1"], name="Conv1", pads=[1, 1, 1, 1]))
-    relu_in = "c1"
-    if batchnorm_gain is not None:
-        for pname, value in (("gamma", batchnorm_gain), ("beta", rng.uniform(-0.1, 0.1, C)), ("mean", rng.uniform(-0.05, 0.05, C)), ("var", rng.uniform(0.5, 2, C))):
-            inits.append(numpy_helper.from_array(np.asarray(value, np.float32), f"bn_{pname}"))
-        nodes.append(helper.make_node("BatchNormalization", ["c1", "bn_gamma", "bn_beta", "bn_mean", "bn_var"], ["bn1"], name="BN1"))
-        relu_in = "bn1"
-    nodes.append(helper.make_node("Relu", [relu_in], ["r1"], name="Relu1"))
+    nodes.append(helper.make_node("Relu", ["c1"], ["r1"], name="Relu1"))
     nodes += _qdq("r1", "r1", "s_act", "zp")
     nodes.append(helper.make_node("Conv", ["r1_dq", "conv2_wdq"], ["c2"], name="Conv2", pads=[1, 1, 1, 1]))
     nodes += _qdq("c2", "c2", "s_act", "zp")
@@ -345,25 +312,6 @@ def test_layout_checker_user_errors_for_bad_files(tmp_path):
 # --- finalize_qdq on hand-made graphs ---------------------------------------------------
 
 
-def test_batchnorm_fold_keeps_int8_values_and_negates_negative_gain_channels(tmp_path):
-    gain = np.array([1.3, -0.7, 0.9, -1.1], np.float32)
-    model = valid_model(batchnorm_gain=gain)
-    onnx.save(model, str(tmp_path / "in.onnx"))
-    report = finalize_qdq(tmp_path / "in.onnx", tmp_path / "out.onnx")
-    out = onnx.load(str(tmp_path / "out.onnx"))
-    assert report.batchnorms_folded == 1 and "BatchNormalization" not in {n.op_type for n in out.graph.node}
-    before = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "conv1_w"))
-    dq = _node(out, "conv1_wDQ")
-    inits = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}
-    sign = np.sign(gain).astype(np.int8).reshape(-1, 1, 1, 1)
-    np.testing.assert_array_equal(inits[dq.input[0]], before * sign)
-    assert np.all(inits[dq.input[1]] > 0)
-    x = _pixels(64)
-    ref = _run(model, x)
-    assert np.abs(_run(out, x) - ref).max() <= 1e-3 * np.abs(ref).max()
-    assert report.max_abs_diff <= 1e-3 * np.abs(ref).max()
-
-
 def test_weight_quantize_of_float_constant_becomes_int8_initializer(tmp_path):
     model = valid_model()
     # as torch exports it: float weight -> QuantizeLinear(axis 0) -> DequantizeLinear
@@ -382,25 +330,6 @@ def test_weight_quantize_of_float_constant_becomes_int8_initializer(tmp_path):
     assert folded.data_type == TensorProto.INT8
     np.testing.assert_array_equal(numpy_helper.to_array(folded), w)  # the rounding ONNX's Q does
     assert report.max_abs_diff == 0.0
-
-
-def test_activation_clip_removal_is_checked_against_onnxruntime(tmp_path):
-    def save_with_clip(lo, hi, path):
-        model = valid_model()
-        model.graph.initializer.extend([numpy_helper.from_array(np.array(v, np.int8), n) for n, v in (("lo", lo), ("hi", hi))])
-        model.graph.node.insert(0, helper.make_node("Clip", ["in_q", "lo", "hi"], ["in_clipped"], name="NarrowClip"))
-        _node(model, "in_DQ").input[0] = "in_clipped"
-        onnx.save(model, str(path))
-        return path
-
-    # the input is in [0, 1] (codes 0..127): a [-127, 127] clip never bites, removing it changes nothing
-    report = finalize_qdq(save_with_clip(-127, 127, tmp_path / "narrow.onnx"), tmp_path / "out.onnx")
-    assert report.activation_clips_removed == 1 and report.max_abs_diff == 0.0
-    assert "Clip" not in {n.op_type for n in onnx.load(str(tmp_path / "out.onnx")).graph.node}
-    # a clip that bites ([0, 50]) cannot be dropped: the parity check refuses the result
-    with pytest.raises(RuntimeError, match="changed .* outputs"):
-        finalize_qdq(save_with_clip(0, 50, tmp_path / "biting.onnx"), tmp_path / "out2.onnx")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["biting.onnx", "narrow.onnx", "out.onnx"]  # nothing half-written
 
 
 def test_batch_dimension_fixed_or_dynamic(tmp_path):

@@ -14,7 +14,7 @@ Output directory:
     intermediate_models/<step>.onnx, dataflow_parent.onnx, supported_op_partitions/
     report/estimate_layer_resources.json, estimate_layer_cycles.json,
            estimate_network_performance.json, op_and_param_counts.json, folding_config.json
-    time_per_step.json, parity.json, finn_result.json
+    time_per_step.json, parity.json, finn_result.json, flow_state.json (resume after a stop)
     finn_build_config.json, NEXT_STEPS.txt      (the Vivado continuation)
     finn_tmp/                                   (FINN's build dir: HLS/RTL sources)
 """
@@ -85,30 +85,68 @@ class FinnResult:
         return d
 
 
-def run_steps(model, cfg: S.FlowConfig, steps: Sequence[Step] = STEPS, log: Callable[[str], None] = print):
-    """Run `steps` in order; save each stage's model and the step times. Returns the last model.
+def run_steps(model, cfg: S.FlowConfig, steps: Sequence[Step] = STEPS, log: Callable[[str], None] = print,
+              key: str = "", state: dict | None = None):
+    """Run `steps` in order; save each stage's model, the step times and the flow state. Returns
+    the last model and the step times.
 
     Up to and including `EXACT_UNTIL` (where thresholds become integers) the transformations
     compute on float64 initializer values (quant/float64_values.py); then those are dropped.
+    state: what an earlier run with the same `key` finished (finished_state): start after its
+    last step (FINN's start_step idiom: that step's saved model and notes are loaded).
     """
-    times: dict[str, float] = {}
     names = [s.__name__ for s in steps]
     exact_until = names.index(EXACT_UNTIL) if EXACT_UNTIL in names else -1
-    for i, step in enumerate(steps):
+    if state is None:
+        times, start = {}, 0
+    else:
+        times, start = {n: state["times"][n] for n in state["done"]}, len(state["done"])
+        cfg.notes.update(state["notes"])
+        model = load_qonnx(cfg.intermediate_dir / f"{names[start - 1]}.onnx")
+        log(f"finn: resuming after {names[start - 1]} ({start}/{len(steps)} steps done by an earlier run)")
+    for i, step in enumerate(steps[start:], start):
         name = step.__name__
         log(f"finn [{i + 1}/{len(steps)}] {name}")
         t0 = time.perf_counter()
         if i <= exact_until:
-            with float64_values.float64_initializers():
-                model = step(model, cfg)
+            model = step(float64_values.exact(model), cfg)
             if i == exact_until:
                 float64_values.strip(model.model)
+                model = float64_values.plain(model)
         else:
             model = step(model, cfg)
         times[name] = round(time.perf_counter() - t0, 3)
         S.save_model(model, cfg.intermediate_dir / f"{name}.onnx")
         write_text(cfg.out_dir / "time_per_step.json", json.dumps(times, indent=2) + "\n")  # in step order
+        write_json(cfg.out_dir / FLOW_STATE, {"key": key, "done": names[:i + 1], "times": times, "notes": cfg.notes})
     return model, times
+
+
+def finished_state(cfg: S.FlowConfig, key: str, names: Sequence[str]) -> dict | None:
+    """What an earlier run with the same key finished, when each of its step models is on disk."""
+    try:
+        state = json.loads((cfg.out_dir / FLOW_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    done = state.get("done") if isinstance(state, dict) else None
+    if (not key or state.get("key") != key or not isinstance(done, list) or not done
+            or done != list(names[:len(done)]) or not isinstance(state.get("notes"), dict)
+            or not isinstance(state.get("times"), dict) or not set(done) <= set(state["times"])
+            or not all((cfg.intermediate_dir / f"{n}.onnx").is_file() for n in done)):
+        return None
+    return state
+
+
+def flow_key(qonnx_path: Path, cfg: S.FlowConfig) -> str:
+    """What the steps' results depend on: the input graph, the settings and the flow's own code."""
+    import hashlib
+
+    h = hashlib.sha256(Path(qonnx_path).read_bytes())
+    folding = getattr(cfg.folding, "__qualname__", repr(cfg.folding)) if cfg.folding else "SetFolding"
+    h.update(repr((cfg.part.name, cfg.clock_mhz, cfg.target_fps, cfg.budget, cfg.streamline, folding)).encode())
+    for src in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(src.read_bytes())
+    return h.hexdigest()
 
 
 def stage_list(cfg: S.FlowConfig, steps: Sequence[Step] = STEPS):
@@ -136,6 +174,7 @@ def lower(
     streamline: str = "auto",
     parity_batch: int = 64,
     log: Callable[[str], None] = print,
+    resume: bool = True,
 ) -> FinnResult:
     """Lower a QONNX model to a FINN dataflow design with HLS/RTL sources, checking every stage.
 
@@ -146,6 +185,8 @@ def lower(
     None -> the QONNX graph itself, executed by qonnx, is the reference.
     folding: fold(model, part, clock_mhz, target_fps, budget) -> plan with .config/.est_fps;
     None -> FINN's SetFolding for target_fps.
+    resume: a run stopped part-way (killed, interrupted) with the same input, settings and flow
+    code continues after its last finished step; anything else starts afresh.
     """
     from compilers.finn.checks import check_lowerable
     from compilers.finn.continuation import run_continuation, write_continuation
@@ -166,9 +207,12 @@ def lower(
         samples_uint8, reference_logits = parity_inputs(model, samples_uint8, reference_logits, parity_batch)
 
     cfg = S.FlowConfig(Path(out_dir).resolve(), part, clock_mhz, float(target_fps), float(budget), folding, streamline)
-    clear_outputs(cfg)
+    key = flow_key(qonnx_path, cfg)
+    state = finished_state(cfg, key, [s.__name__ for s in STEPS]) if resume else None
+    if state is None:
+        clear_outputs(cfg)
     with finn_build_dir(cfg.finn_tmp):
-        _, times = run_steps(model, cfg, log=log)
+        _, times = run_steps(model, cfg, log=log, key=key, state=state)
         parity = []
         if samples_uint8 is not None:
             log(f"finn parity: {len(samples_uint8)} samples x {len(STEPS)} stages")
@@ -212,8 +256,9 @@ def parity_inputs(model, samples_uint8, reference_logits, batch: int):
     return samples_uint8, (refs[0] if n_out == 1 else [r.reshape(len(r), -1) for r in refs])
 
 
+FLOW_STATE = "flow_state.json"  # the steps an interrupted run finished (run_steps resume)
 _OUTPUTS = ("intermediate_models", "report", "finn_tmp", "time_per_step.json", "parity.json", "finn_result.json",
-            "finn_build_config.json", "NEXT_STEPS.txt")
+            "finn_build_config.json", "NEXT_STEPS.txt", FLOW_STATE)
 
 
 def clear_outputs(cfg: S.FlowConfig) -> None:

@@ -1,21 +1,16 @@
 """Finalize an exported QDQ ONNX into the explicit-quantization form TensorRT builds from.
 
-Input: torch.onnx.export(dynamo=False) of a stripped NNCF model (or a Brevitas QCDQ
-export). Passes, in order, each meant to leave the model's function unchanged:
+Input: torch.onnx.export(dynamo=False) of a stripped NNCF model whose BatchNorm was folded
+into its convolutions before quantization (qdeploy.stages.int8.fold_batchnorm; TensorRT
+folds a leftover BatchNormalization itself). Passes, in order, each meant to leave the
+model's function unchanged:
 
 1. inline Identity / Constant nodes (onnxoptimizer), name unnamed nodes;
 2. fold each weight QuantizeLinear of a float constant into an INT8 initializer read by
-   its DequantizeLinear (per-channel, axis 0 stays as exported); a Clip between them
-   (Brevitas narrow range) is applied to the INT8 values and dropped: exact;
-3. drop a Clip between an activation Q and its DQ. TensorRT's Q clamps to [-128, 127]; a
-   narrow-range Clip only differs where a value would quantize to -128, which the parity
-   check below would show;
-4. fold BatchNormalization into the Conv before it. With an INT8 weight the integers stay
-   as trained and only the DQ scale (per output channel) and the bias change; a channel
-   with a negative BN gain gets its integers negated, so scales stay positive;
-5. batch dimension: dynamic ("batch", default: one engine serves TensorRT optimisation
+   its DequantizeLinear (per-channel, axis 0 stays as exported): exact;
+3. batch dimension: dynamic ("batch", default: one engine serves TensorRT optimisation
    profiles 1..16) or a fixed size;
-6. onnx.checker (full) + strict shape inference; check_trt_layout.
+4. onnx.checker (full) + strict shape inference; check_trt_layout.
 
 Then onnxruntime runs the graph before and after on the same inputs with its graph
 optimisations off (so both are the plain Q/DQ arithmetic), and the result is refused if
@@ -29,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxoptimizer
-from onnx import TensorProto, helper, numpy_helper
+from onnx import numpy_helper
 
 from compilers.tensorrt.qdq_layout import GraphIndex, attr, check_trt_layout, load_model
 from core import atomic
@@ -45,10 +40,6 @@ class FinalizeReport:
     output: str
     batch: str | int  # "dynamic" or the fixed batch size
     weights_folded: int = 0
-    weight_clips_folded: int = 0
-    activation_clips_removed: int = 0
-    batchnorms_folded: int = 0
-    batchnorms_kept: list[str] = field(default_factory=list)  # "node: reason"
     parity_inputs: int = 0
     max_abs_diff: float = 0.0
     argmax_agreement: float = 1.0
@@ -72,9 +63,7 @@ def finalize_qdq(
     check_inputs: float model inputs [N, C, H, W] for the parity check; default 32 seeded
     random uint8 images through quant.preprocess.
     rtol: refuse the result if an output moved by more than rtol x the largest |output|.
-    Folding BatchNorm rounds the float math differently, which can move a value across a
-    rounding boundary of the next Q: one quantization step, a small fraction of the
-    output range. A wrong fold moves outputs by their own size.
+    The passes are exact; a wrong one moves outputs by their own size.
     """
     if batch is not None and batch < 1:
         raise UserError(f"batch must be a positive size or None for dynamic, got {batch}")
@@ -89,9 +78,7 @@ def finalize_qdq(
     model.CopyFrom(original)
     _drop_initializer_inputs(model)
     model = onnxoptimizer.optimize(model, ["eliminate_identity", "extract_constant_to_initializer"])
-    report.weights_folded, report.weight_clips_folded = _fold_weight_quantize(model)
-    report.activation_clips_removed = _remove_activation_clips(model)
-    report.batchnorms_folded, report.batchnorms_kept = _fold_batchnorm(model)
+    report.weights_folded = _fold_weight_quantize(model)
     _set_batch(model, batch)
     model = onnxoptimizer.optimize(model, ["eliminate_deadend", "eliminate_unused_initializer"])
     onnx.checker.check_model(model, full_check=True)
@@ -139,14 +126,6 @@ def _drop_initializer_inputs(model: onnx.ModelProto) -> None:
             del model.graph.input[i]
 
 
-def _remove_nodes(model: onnx.ModelProto, nodes) -> None:
-    """Delete nodes in place (by their unique names): references to the others stay valid."""
-    drop = {n.name for n in nodes}
-    for i in reversed(range(len(model.graph.node))):
-        if model.graph.node[i].name in drop:
-            del model.graph.node[i]
-
-
 def _set_init(model: onnx.ModelProto, name: str, value: np.ndarray) -> str:
     """Add or replace initializer `name`."""
     for i, t in enumerate(model.graph.initializer):
@@ -175,37 +154,20 @@ def _quantize(x: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int) -> np
     return np.clip(q, -128, 127).astype(np.int8)
 
 
-def _fold_weight_quantize(model: onnx.ModelProto) -> tuple[int, int]:
-    """Q(float const) [-> Clip(const)]* -> DQ  and  int8 const -> Clip(const)* -> DQ
-    become  int8 const -> DQ. The bypassed nodes are left for eliminate_deadend."""
+def _fold_weight_quantize(model: onnx.ModelProto) -> int:
+    """Q(float const) -> DQ  becomes  int8 const -> DQ. The bypassed Q is left for eliminate_deadend."""
     g = GraphIndex(model)
-    folded, clips = 0, set()
+    folded = 0
     for dq in [n for n in model.graph.node if n.op_type == "DequantizeLinear"]:
-        chain, t = [], dq.input[0]
-        while (src := g.producer.get(t)) is not None and src.op_type == "Clip" and _const_bounds(g, src) is not None:
-            chain.append(src)
-            t = src.input[0]
+        t = dq.input[0]
         values = _int8_weight(g, t)
-        if values is None or (not chain and g.is_const(t)):
+        if values is None or g.is_const(t):
             continue  # not a weight, or already an INT8 constant read directly
-        for clip in reversed(chain):
-            values = np.clip(values, *_const_bounds(g, clip)).astype(np.int8)
         name = _set_init(model, _unique(g, f"{dq.name}.w_int8"), values)
         g.inits[name] = model.graph.initializer[-1]
         dq.input[0] = name
         folded += 1
-        clips.update(c.name for c in chain)
-    return folded, len(clips)
-
-
-def _const_bounds(g: GraphIndex, clip: onnx.NodeProto) -> tuple[int, int] | None:
-    """(min, max) of a Clip with constant (or absent) bounds."""
-    names = (list(clip.input) + ["", ""])[1:3]
-    values = [g.const(n) if n else None for n in names]
-    if any(n and v is None for n, v in zip(names, values)):
-        return None
-    lo, hi = values
-    return (-128 if lo is None else int(lo), 127 if hi is None else int(hi))
+    return folded
 
 
 def _int8_weight(g: GraphIndex, t: str) -> np.ndarray | None:
@@ -221,122 +183,6 @@ def _int8_weight(g: GraphIndex, t: str) -> np.ndarray | None:
     if w is None or s is None or zp is None or zp.dtype != np.int8:
         return None  # not a weight, or not int8: check_trt_layout will say which
     return _quantize(w, s, zp, attr(q, "axis", 1) % max(w.ndim, 1))
-
-
-def _remove_activation_clips(model: onnx.ModelProto) -> int:
-    """Q -> Clip -> DQ on a computed tensor: the DQ reads the Q directly."""
-    g = GraphIndex(model)
-    removed = set()
-    for dq in [n for n in model.graph.node if n.op_type == "DequantizeLinear"]:
-        clip = g.producer.get(dq.input[0])
-        if clip is None or clip.op_type != "Clip":
-            continue
-        q = g.producer.get(clip.input[0])
-        if q is not None and q.op_type == "QuantizeLinear":
-            dq.input[0] = q.output[0]
-            removed.add(clip.name)
-    return len(removed)
-
-
-def _fold_batchnorm(model: onnx.ModelProto) -> tuple[int, list[str]]:
-    """Conv(x, W[, b]) -> BatchNormalization  becomes  Conv(x, W', b')."""
-    folded, kept = 0, []
-    for bn_name in [n.name for n in model.graph.node if n.op_type == "BatchNormalization"]:
-        g = GraphIndex(model)
-        bn = next(n for n in model.graph.node if n.name == bn_name)
-        conv = g.producer.get(bn.input[0])
-        if conv is None or conv.op_type != "Conv":
-            continue
-        reason = _bn_fold_blocker(g, conv, bn)
-        if reason is None:
-            reason = _fold_one_bn(model, g, conv, bn)
-        if reason:
-            kept.append(f"{bn.name}: {reason}")
-            continue
-        if bn.output[0] in g.graph_outputs:
-            conv.output[0] = bn.output[0]
-        else:
-            for user in g.consumers.get(bn.output[0], []):
-                for i, name in enumerate(user.input):
-                    if name == bn.output[0]:
-                        user.input[i] = conv.output[0]
-        _remove_nodes(model, [bn])
-        folded += 1
-    return folded, kept
-
-
-def _bn_fold_blocker(g: GraphIndex, conv, bn) -> str | None:
-    if len(g.consumers.get(conv.output[0], [])) != 1 or conv.output[0] in g.graph_outputs:
-        return "the convolution output has other readers"
-    if attr(bn, "training_mode", 0) or len([o for o in bn.output if o]) > 1:
-        return "BatchNormalization in training mode"
-    if any(g.const(i) is None for i in bn.input[1:5]):
-        return "BatchNormalization parameters are not constants"
-    if len(conv.input) > 2 and conv.input[2] and g.const(conv.input[2]) is None:
-        return "the convolution bias is not a constant"
-    return None
-
-
-def _fold_one_bn(model, g: GraphIndex, conv, bn) -> str | None:
-    gamma, beta, mean, var = (g.const(i).astype(np.float64) for i in bn.input[1:5])
-    k = gamma / np.sqrt(var + attr(bn, "epsilon", 1e-5))
-    w_name = conv.input[1]
-    dq = g.producer.get(w_name)
-    if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in g.inits:
-        reason = _scale_dq_weight(model, g, dq, k)
-        if reason:
-            return reason
-    elif w_name in g.inits and len(g.consumers[w_name]) == 1:
-        w = g.const(w_name).astype(np.float64)
-        _set_init(model, w_name, (w * k.reshape(-1, *[1] * (w.ndim - 1))).astype(np.float32))
-    else:
-        return "the weight is neither a constant nor a DequantizeLinear of an INT8 constant"
-    bias = g.const(conv.input[2]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else np.zeros_like(k)
-    new_bias = ((bias - mean) * k + beta).astype(np.float32)
-    name = _set_init(model, _unique(g, f"{conv.name}.bias_bn"), new_bias)
-    if len(conv.input) > 2:
-        conv.input[2] = name
-    else:
-        conv.input.append(name)
-    return None
-
-
-def _scale_dq_weight(model, g: GraphIndex, dq, k: np.ndarray) -> str | None:
-    """Fold a per-output-channel gain k into DQ(int8 W): scale * |k|, negate W where k < 0."""
-    if len(g.consumers[dq.output[0]]) != 1 or len(g.consumers[dq.input[0]]) != 1:
-        return "the quantized weight is shared with another layer"
-    w = g.const(dq.input[0])
-    scale = g.const(dq.input[1]).astype(np.float64)
-    zp = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, np.int8)
-    if w.dtype != np.int8 or np.any(zp != 0):
-        return "the weight is not symmetric INT8"
-    if scale.size > 1 and attr(dq, "axis", 1) % w.ndim != 0:
-        return "the weight scale is not per output channel"
-    neg = k < 0
-    if np.any(w[neg] == -128):
-        return "a channel with a negative BatchNorm gain holds -128, which has no INT8 negation"
-    w = w.copy()
-    w[neg] = -w[neg]
-    new_scale = (np.broadcast_to(scale.reshape(-1), k.shape) * np.abs(k)).astype(np.float32)
-    dq.input[0] = _set_init(model, _unique(g, f"{dq.name}.w_bn"), w)
-    g.inits[dq.input[0]] = model.graph.initializer[-1]
-    dq.input[1] = _set_init(model, _unique(g, f"{dq.name}.scale_bn"), new_scale)
-    g.inits[dq.input[1]] = model.graph.initializer[-1]
-    zp_name = _set_init(model, _unique(g, f"{dq.name}.zp_bn"), np.zeros(k.shape, np.int8))
-    if len(dq.input) > 2:
-        dq.input[2] = zp_name
-    else:
-        dq.input.append(zp_name)
-    _set_axis(dq, 0)
-    return None
-
-
-def _set_axis(node: onnx.NodeProto, axis: int) -> None:
-    for a in node.attribute:
-        if a.name == "axis":
-            a.i = axis
-            return
-    node.attribute.append(helper.make_attribute("axis", axis))
 
 
 def _set_batch(model: onnx.ModelProto, batch: int | None) -> None:

@@ -42,7 +42,7 @@ def step_qdq_onnx(ctx: Context):
     raw.unlink()
     console.print(f"QDQ ONNX {ctx.layout.qdq_onnx}: TensorRT layout OK ({report.layout['quantize_nodes']} Q, "
                   f"{len(report.layout['quantized_layers'])} INT8 layers, "
-                  f"{len(report.layout['float_layers'])} float layers, BN folded: {report.batchnorms_folded})")
+                  f"{len(report.layout['float_layers'])} float layers)")
 
 
 def step_trt_commands(ctx: Context):
