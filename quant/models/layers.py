@@ -120,12 +120,14 @@ class Layers:
         return self._qnn.QuantIdentity(act_quant=self._q["signed"], bit_width=self.bits.act,
                                        return_quant_tensor=True)
 
-    def global_pool(self, size: tuple[int, int]) -> nn.Module:
-        """Average over the whole (h, w) feature map of unsigned act_bits values -> [N, C, 1, 1]."""
+    def global_pool(self, size: tuple[int, int], in_bits: int | None = None) -> nn.Module:
+        """Average over the whole (h, w) feature map of in_bits values (default: the unsigned
+        act_bits activations) -> [N, C, 1, 1]."""
         if not self.quantized:
             return nn.AdaptiveAvgPool2d(1)
+        bits = pool_bits(in_bits or self.bits.act, size)
         return self._qnn.TruncAvgPool2d(kernel_size=size, stride=size, trunc_quant=self._q["trunc"],
-                                        bit_width=pool_bits(self.bits.act, size), return_quant_tensor=True)
+                                        bit_width=bits, return_quant_tensor=True)
 
     def linear(self, cin: int, cout: int) -> nn.Module:
         if not self.quantized:

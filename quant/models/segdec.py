@@ -104,15 +104,15 @@ class SegDec(nn.Module):
             dsize, dcin = conv_out(dsize, 2), c
         self.dec_layers = nn.Sequential(*dec)
         self.feature_size = dsize
-        use_trunc = avg == "trunc" and L.quantized and dsize[0] == dsize[1]
-        if avg == "trunc" and not use_trunc and L.quantized:
-            raise ValueError(f"avg='trunc' needs a square decision map, got {dsize}")
+        use_trunc = avg == "trunc" and L.quantized
         self.feat_avg = L.global_pool(dsize) if use_trunc else nn.AdaptiveAvgPool2d(1)
         self.feat_max = nn.MaxPool2d(dsize)
-        self.map_avg = nn.AdaptiveAvgPool2d(1)
+        # the map's average is a linear function of the features' average (1x1 conv + affine),
+        # which the head already reads; FINN's rectangular average pool takes unsigned values only
+        self.map_avg = None if use_trunc else nn.AdaptiveAvgPool2d(1)
         self.map_max = nn.MaxPool2d(size)
         self.head_quant = L.signed_bits(head_bits)  # one instance for every Concat operand
-        self.fc = L.linear(2 * dcin + 2, num_classes)
+        self.fc = L.linear(2 * dcin + (1 if self.map_avg is None else 2), num_classes)
         self.detach_decision = False  # Bozic et al.: no decision-loss gradient into the encoder
 
     def forward_seg(self, x):
@@ -129,7 +129,9 @@ class SegDec(nn.Module):
         q = self.head_quant
         # flatten each pooled [N,C,1,1] first: the Concat is then over the last axis (FINN's
         # InferConcatLayer did not convert a channel-axis Concat of NCHW [1,C,1,1] tensors)
-        parts = [q(self.feat_avg(d)), q(self.feat_max(d)), q(self.map_avg(sd)), q(self.map_max(sd))]
+        parts = [q(self.feat_avg(d)), q(self.feat_max(d)), q(self.map_max(sd))]
+        if self.map_avg is not None:
+            parts.insert(2, q(self.map_avg(sd)))
         z = torch.cat([torch.flatten(t, 1) for t in parts], 1)
         return self.fc(z), _value(s)
 
