@@ -33,6 +33,7 @@ class DatasetConfig(_Section):
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train/val/test fractions
     use_official_test: bool = False  # datasets with their own test split (casting)
     dedup: bool = True  # drop exact (and near, where supported) duplicates across splits
+    normalize: Literal["none", "stretch"] = "none"  # stretch: per-image 1-99 percentile contrast stretch (host side)
     # synthetic only
     num_images: int = Field(3000, ge=20)
     defect_fraction: float = Field(0.25, gt=0, lt=1)
@@ -77,6 +78,14 @@ class TrainConfig(_Section):
     target_fpr: Optional[float] = Field(None, gt=0, lt=1)  # ...or this, not both
     report_fpr: float = Field(0.01, gt=0, lt=1)  # recall at this FPR is always reported
     threads: int = Field(1, ge=1)  # torch intra-op threads; 1 is fastest for these small convs on 2 cores
+    # segmentation models (model.name segdec): budgets in optimizer steps (quant/train_seg.py)
+    float_steps: int = Field(600, ge=1, le=1_000_000)
+    qat_steps: int = Field(300, ge=1, le=1_000_000)
+    crop_steps: int = Field(0, ge=0, le=1_000_000)  # map-only steps on crops first
+    crop_size: int = Field(128, ge=16, le=4096)
+    seg_weight: float = Field(1.0, ge=0, le=100)  # weight of the map loss beside the decision loss
+    defect_batch_fraction: float = Field(0.5, gt=0, lt=1)  # share of defect images in each batch
+    eval_every: int = Field(100, ge=1, le=1_000_000)  # validation every this many steps
 
     @model_validator(mode="after")
     def _one_operating_point(self):

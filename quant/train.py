@@ -57,7 +57,8 @@ def predict(model, imageset, batch_size: int = 256, float64: bool = False) -> np
     out = []
     for pixels in batches:
         x = to_input(pixels)
-        out.append(torch.as_tensor(model(x.double() if float64 else x)).numpy())
+        y = model(x.double() if float64 else x)
+        out.append(torch.as_tensor(y[0] if isinstance(y, tuple) else y).numpy())  # a two-output model: its decision
     return np.concatenate(out).astype(np.float64 if float64 else np.float32)
 
 

@@ -33,9 +33,22 @@ def step_train_float(ctx: Context):
     seed_everything(r.seed)
     args = model_args(ctx, quantized=False)
     model = create_model(**args)
-    hist = fit(model, splits(ctx), r.train, r.train.float_epochs, r.train.lr, r.seed, "float")
+    if segmentation(ctx):
+        from quant.train_seg import fit_segdec
+
+        hist = fit_segdec(model, splits(ctx), r.train, r.train.float_steps, r.train.lr, r.seed, "float",
+                          crop_steps=r.train.crop_steps)
+    else:
+        hist = fit(model, splits(ctx), r.train, r.train.float_epochs, r.train.lr, r.seed, "float")
     save_checkpoint(ctx.layout.float_checkpoint, model, {"model": args, "history": hist})
     ctx.values["float_model"] = model
+
+
+def segmentation(ctx: Context) -> bool:
+    """A two-output model (decision + defect map), trained with the pixel masks."""
+    from quant.models import model_info
+
+    return model_info(ctx.recipe.model.name).segmentation
 
 
 def has_brevitas_qat(ctx: Context) -> bool:
@@ -72,8 +85,14 @@ def step_train_qat(ctx: Context):
 
         float_model, _ = load_checkpoint(ctx.layout.float_checkpoint)
     transfer = load_float_weights(model, float_model)
-    hist = fit(model, splits(ctx), r.train, r.train.qat_epochs, qat_lr(r.train), r.seed + 1,
-               f"W{r.model.weight_bits}A{r.model.act_bits}", freeze_bn_from=r.train.qat_freeze_bn_after)
+    label = f"W{r.model.weight_bits}A{r.model.act_bits}"
+    if segmentation(ctx):
+        from quant.train_seg import fit_segdec
+
+        hist = fit_segdec(model, splits(ctx), r.train, r.train.qat_steps, qat_lr(r.train), r.seed + 1, label)
+    else:
+        hist = fit(model, splits(ctx), r.train, r.train.qat_epochs, qat_lr(r.train), r.seed + 1, label,
+                   freeze_bn_from=r.train.qat_freeze_bn_after)
     save_checkpoint(ctx.layout.qat_checkpoint, model, {"model": args, "history": hist,
                                                              "init_from_float": {"loaded": len(transfer.loaded),
                                                                                  "quantizer_keys_new": len(transfer.quantizer_keys)}})
@@ -98,6 +117,8 @@ def step_evaluate(ctx: Context):
             "val": metrics.evaluate(predict(model, s.val), s.val.labels, s.ok_index, thr, r.train.report_fpr),
             "test": metrics.evaluate(test_logits, s.test.labels, s.ok_index, thr, r.train.report_fpr),
         }
+        if segmentation(ctx):
+            results[name]["pixel"] = pixel_results(model, s)
         meta.update(threshold=thr, class_names=list(s.class_names), ok_index=s.ok_index,
                     metrics=results[name], recipe=r.name, seed=r.seed)
         save_checkpoint(d / name, model, meta)
@@ -108,6 +129,18 @@ def step_evaluate(ctx: Context):
                                     "split_sizes": [len(s.train), len(s.val), len(s.test)],
                                     "notes": list(s.notes), **results})
     print_metrics_table(results, r)
+
+
+def pixel_results(model, s) -> dict:
+    """Pixel metrics of the defect map against the masks, on validation and test."""
+    from quant.train_seg import pixel_metrics, predict_maps
+
+    out = {}
+    for split, imageset in (("val", s.val), ("test", s.test)):
+        _, maps = predict_maps(model, imageset)
+        masks, known = imageset.mask_array()
+        out[split] = pixel_metrics(maps, masks, known)
+    return out
 
 
 def print_metrics_table(results: dict, r) -> None:
@@ -126,6 +159,10 @@ def print_metrics_table(results: dict, r) -> None:
             for split in ("val", "test"):
                 row.append(f"{results[name][split].get(k, float('nan')):.4f}")
         table.add_row(*row)
+    for k in ("dice", "iou", "region_recall"):
+        if "pixel" in results["float"]:
+            table.add_row(f"pixel {k}", *[f"{results[n]['pixel'][sp].get(k, float('nan')):.4f}"
+                                          for n in results for sp in ("val", "test")])
     console.print(table)
 
 

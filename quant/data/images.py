@@ -156,6 +156,41 @@ def letterbox(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out
 
 
+def fit_mask(mask: np.ndarray, size: tuple[int, int], geometry: str, box: Box | None = None) -> np.ndarray:
+    """A bool mask [H, W] brought to the model size the way `fit` brings its image: a model
+    pixel is defect when any part of it is (a defect a few pixels wide never vanishes)."""
+    m = np.where(mask, np.uint8(255), np.uint8(0))
+    if box is not None:
+        top, left, bottom, right = box
+        m = np.ascontiguousarray(m[top:bottom, left:right])
+    elif geometry == "letterbox":
+        h, w = size
+        src_h, src_w = m.shape
+        scale = min(h / src_h, w / src_w)
+        new_h, new_w = min(h, max(1, round(src_h * scale))), min(w, max(1, round(src_w * scale)))
+        out = np.zeros((h, w), dtype=np.uint8)
+        top, left = (h - new_h) // 2, (w - new_w) // 2
+        out[top:top + new_h, left:left + new_w] = _mask_resize(m, (new_h, new_w))
+        return out > 0
+    return _mask_resize(m, size) > 0
+
+
+def _mask_resize(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    if m.shape == (h, w):
+        return m
+    return np.asarray(Image.fromarray(m).resize((w, h), Image.Resampling.BOX), dtype=np.uint8)
+
+
+def stretch(gray: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> np.ndarray:
+    """Per-image contrast stretch: the lo..hi percentiles to 0..255 (dark, low-contrast
+    inspection images; the same host-side step runs before every deployed model)."""
+    lo, hi = np.percentile(gray, [lo_pct, hi_pct])
+    if hi - lo < 1:
+        return gray
+    return np.clip(np.rint((gray.astype(np.float32) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
 def tile_boxes(src_h: int, src_w: int, size: tuple[int, int]) -> list[Box]:
     """Crops of the target aspect covering the image along its long side.
 

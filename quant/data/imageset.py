@@ -15,21 +15,29 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from quant.data.images import Box, fit, read_gray
+from quant.data.images import Box, fit, fit_mask, read_gray, stretch
 
 DEFAULT_CACHE_BYTES = 256 * 2**20
 SOURCE_LRU = 4  # decoded source images kept when streaming (tiles of one strip)
 
 
 class ImageSet(Dataset):
-    """Item i -> (uint8 tensor [1, H, W], int label)."""
+    """Item i -> (uint8 tensor [1, H, W], int label).
+
+    masks: per item, a callable `shape -> bool [H, W]` giving the item's defect mask at its
+    source image's size (quant.data.loaders.MaskRef.layers), or None where no mask is known.
+    `mask(i)` brings it to the model size like its image. normalize: "stretch" applies the
+    per-image contrast stretch (images.stretch) to every item, as every deployed model sees it.
+    """
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], keys: Sequence[str], size: tuple[int, int],
                  geometry: str = "resize", boxes: Sequence[Box | None] | None = None,
-                 class_names: Sequence[str] = (), cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 class_names: Sequence[str] = (), cache_bytes: int = DEFAULT_CACHE_BYTES,
+                 masks: Sequence | None = None, normalize: str = "none"):
         n = len(paths)
-        if not (len(labels) == len(keys) == n) or (boxes is not None and len(boxes) != n):
-            raise ValueError("paths, labels, keys and boxes must have the same length")
+        if not (len(labels) == len(keys) == n) or (boxes is not None and len(boxes) != n) \
+                or (masks is not None and len(masks) != n):
+            raise ValueError("paths, labels, keys, boxes and masks must have the same length")
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype=np.int64).reshape(n)
         self.keys = list(keys)
@@ -38,6 +46,8 @@ class ImageSet(Dataset):
         self.boxes: list[Box | None] = list(boxes) if boxes is not None else [None] * n
         self.class_names = tuple(class_names)
         self.cache_bytes = cache_bytes
+        self.masks = list(masks) if masks is not None else [None] * n
+        self.normalize = normalize
         self._init_caches()
 
     @property
@@ -87,10 +97,36 @@ class ImageSet(Dataset):
         box = self.boxes[i]
         gray = self._source(self.paths[i]) if box is not None else read_gray(self.paths[i])
         out = np.ascontiguousarray(fit(gray, self.size, self.geometry, box))
+        if self.normalize == "stretch":
+            out = stretch(out)
         if self.cached:
             out.flags.writeable = False
             self._cache[i] = out
         return out
+
+    @property
+    def has_masks(self) -> bool:
+        return any(m is not None for m in self.masks)
+
+    def mask(self, i: int) -> np.ndarray | None:
+        """bool [H, W] defect mask of item i at the model size, or None when none is known."""
+        source = self.masks[int(i)]
+        if source is None:
+            return None
+        box = self.boxes[int(i)]
+        shape = self._source(self.paths[i]).shape if box is not None else read_gray(self.paths[i]).shape
+        return fit_mask(source(shape), self.size, self.geometry, box)
+
+    def mask_array(self, indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(bool [N, 1, H, W] masks, bool [N] known) of the given items (all by default)."""
+        indices = range(len(self)) if indices is None else indices
+        out = np.zeros((len(indices), 1, *self.size), dtype=bool)
+        known = np.zeros(len(indices), dtype=bool)
+        for k, i in enumerate(indices):
+            m = self.mask(i)
+            if m is not None:
+                out[k, 0], known[k] = m, True
+        return out, known
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(self.pixels(i).copy()).unsqueeze(0), int(self.labels[i])
@@ -106,7 +142,8 @@ class ImageSet(Dataset):
     def subset(self, indices: Sequence[int]) -> "ImageSet":
         idx = [int(i) for i in indices]
         return ImageSet([self.paths[i] for i in idx], self.labels[idx], [self.keys[i] for i in idx], self.size,
-                        self.geometry, [self.boxes[i] for i in idx], self.class_names, self.cache_bytes)
+                        self.geometry, [self.boxes[i] for i in idx], self.class_names, self.cache_bytes,
+                        [self.masks[i] for i in idx], self.normalize)
 
 
 def stack_pixels(images: ImageSet, limit: int | None = None) -> np.ndarray:

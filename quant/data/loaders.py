@@ -69,6 +69,22 @@ class MaskRef:
 
 
 @dataclass(frozen=True)
+class MaskSource:
+    """An item's defect mask at its source image's size: the union of its mask layers; an
+    image known to be defect-free (an ok image of a dataset with masks) has an empty one."""
+
+    ref: MaskRef | None
+    cls: str
+
+    def __call__(self, shape: tuple[int, int]) -> np.ndarray:
+        layers = self.ref.layers(self.cls, shape) if self.ref is not None else []
+        out = np.zeros(shape, dtype=bool)
+        for _, m in layers:
+            out |= m
+        return out
+
+
+@dataclass(frozen=True)
 class Record:
     path: str
     cls: str  # the dataset's class name (folder name, defect type, "ok")

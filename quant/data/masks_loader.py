@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 from sklearn.model_selection import train_test_split
 
-from quant.data.images import read_gray
+from quant.data.images import read_gray, stretch
 
 MASK_COVER = 0.25  # fraction of a resized mask pixel that must be defect
 OK_CLASS_NAMES = ("Free", "good", "ok", "OK")
@@ -90,14 +90,6 @@ def _place(gray: np.ndarray, mask: np.ndarray, size: tuple[int, int], geometry: 
     m = np.asarray(Image.fromarray(mask.astype(np.float32)).resize((nw, nh), Image.Resampling.BILINEAR))
     mask_out[top:top + nh, left:left + nw] = m >= MASK_COVER
     return img_out, mask_out
-
-
-def stretch(gray: np.ndarray, lo_pct: float = 1.0, hi_pct: float = 99.0) -> np.ndarray:
-    """Per-image contrast stretch (host-side uint8 -> uint8): percentile lo..hi -> 0..255."""
-    lo, hi = np.percentile(gray, [lo_pct, hi_pct])
-    if hi - lo < 1:
-        return gray
-    return np.clip(np.rint((gray.astype(np.float32) - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 
 
 def load_masked_dataset(root: str | Path, size: tuple[int, int] = (256, 384), geometry: str = "letterbox",

@@ -31,7 +31,7 @@ from core.errors import UserError
 from quant.data.dedup import NEAR_DUP_NCC, THUMB, duplicate_groups, file_hashes, near_duplicates
 from quant.data.images import image_sizes
 from quant.data.imageset import ImageSet
-from quant.data.loaders import Listing, Record, assign_classes, list_dataset, tile_records
+from quant.data.loaders import Listing, MaskSource, Record, assign_classes, list_dataset, tile_records
 
 SPLITS = ("train", "val", "test")
 _SHOWN = 5  # file names quoted per note
@@ -219,12 +219,23 @@ def load_splits(cfg, seed: int, cache_dir: Path) -> Splits:
         by_split = {s: tile_records(rs, cfg.size, ok_class, sizes) for s, rs in by_split.items()}
         notes.append(f"tiled {before} images into {sum(map(len, by_split.values()))} tiles of {cfg.size[0]}x{cfg.size[1]}")
 
+    with_masks = any(r.mask is not None for r in records)
+    ok_names = set(listing.ok_classes)
+
+    def mask_source(r: Record):
+        known = r.mask is not None or (with_masks and r.cls in ok_names)  # an ok image of a masked set: empty
+        return MaskSource(r.mask, r.cls) if known else None
+
     sets = {}
     for split, rs in by_split.items():
         if not rs:
             raise UserError(f"{root}: the {split} split is empty after splitting and de-duplication: add images or change dataset.split")
         sets[split] = ImageSet([r.path for r in rs], [label_of[r.cls] for r in rs], [r.key for r in rs], cfg.size,
-                               cfg.resize, [r.box for r in rs], class_names)
+                               cfg.resize, [r.box for r in rs], class_names,
+                               masks=[mask_source(r) for r in rs], normalize=cfg.normalize)
+    if with_masks:
+        known = sum(m is not None for s in sets.values() for m in s.masks)
+        notes.append(f"pixel masks known for {known} of {sum(map(len, sets.values()))} images")
     for split, s in sets.items():
         missing = [c for k, c in enumerate(class_names) if not (s.labels == k).any()]
         if missing:

@@ -7,7 +7,7 @@
     load_float_weights(qat_model, float_state) -> TransferReport  (float pre-training -> QAT)
 """
 from quant.models.registry import ModelInfo, check_fpga, create_model, list_models, model_info, register_model
-from quant.models import effnet_b0, effnet_lite, resnet  # noqa: F401  (registers the entrypoints)
+from quant.models import effnet_b0, effnet_lite, resnet, segdec  # noqa: F401  (registers the entrypoints)
 from quant.models.transfer import TransferReport, load_float_weights
 
 __all__ = ["ModelInfo", "TransferReport", "check_fpga", "create_model", "list_models", "load_float_weights",

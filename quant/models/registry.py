@@ -29,13 +29,14 @@ class ModelInfo:
     fpga_lowerable: bool  # the quantized model lowers fully through FINN
     int8_only: bool  # no Brevitas variant: quantized only by NNCF, to INT8 (NPU/GPU)
     description: str
+    segmentation: bool = False  # two outputs: decision logits [N, C] and a defect-logit map [N, 1, h, w]
 
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _INFO: dict[str, ModelInfo] = {}
 
 
-def register_model(family: str, fpga_lowerable: bool, int8_only: bool = False):
+def register_model(family: str, fpga_lowerable: bool, int8_only: bool = False, segmentation: bool = False):
     """Decorator registering an entrypoint under its function name."""
 
     def wrap(fn):
@@ -44,7 +45,7 @@ def register_model(family: str, fpga_lowerable: bool, int8_only: bool = False):
             raise ValueError(f"model {name} registered twice")
         description = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         _ENTRYPOINTS[name] = fn
-        _INFO[name] = ModelInfo(name, family, fpga_lowerable, int8_only, description)
+        _INFO[name] = ModelInfo(name, family, fpga_lowerable, int8_only, description, segmentation)
         return fn
 
     return wrap

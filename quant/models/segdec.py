@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from quant.models.layers import Bits, Layers, conv_out, make_divisible
+from quant.models.registry import register_model
 from quant.models.resnet import BasicBlock
 
 
@@ -104,7 +105,7 @@ class SegDec(nn.Module):
             dsize, dcin = conv_out(dsize, 2), c
         self.dec_layers = nn.Sequential(*dec)
         self.feature_size = dsize
-        use_trunc = avg == "trunc" and L.quantized
+        use_trunc = avg == "trunc"  # the float twin pools with AdaptiveAvgPool2d, same head shape
         self.feat_avg = L.global_pool(dsize) if use_trunc else nn.AdaptiveAvgPool2d(1)
         self.feat_max = nn.MaxPool2d(dsize)
         # the map's average is a linear function of the features' average (1x1 conv + affine),
@@ -164,3 +165,9 @@ def create_segdec(num_classes: int = 2, in_size: tuple[int, int] = (256, 384), w
                              context=context, dec_channels=list(dec_channels), map_bits=map_bits,
                              head_bits=head_bits, avg=avg)
     return model
+
+
+@register_model(family="resnet", fpga_lowerable=True, segmentation=True)
+def segdec(num_classes: int, in_size: tuple[int, int], width: float, bits: Optional[Bits]) -> SegDec:
+    """SegDec: ResNet encoder to 1/8, a defect-map head and a decision head on features and map (two outputs)."""
+    return create_segdec(num_classes, in_size, width, bits, context=1, avg="trunc")
