@@ -67,6 +67,12 @@ def evaluate_gates(models: dict, cfg) -> list[dict]:
             gates.append(_gate("fpga", "bit_exact_max_abs_diff_rel", rel <= BIT_EXACT_REL, rel, BIT_EXACT_REL,
                                f"fpga: max |d| {rel:.3g} of the logit scale vs Brevitas in float64 "
                                f"(limit {BIT_EXACT_REL:g}){where}"))
+        mag = m.get("map_agreement")
+        if target == "fpga" and cfg.fpga_bit_exact and mag:
+            rel = mag.get("max_abs_diff_rel", float("inf"))
+            gates.append(_gate("fpga", "map_bit_exact_max_abs_diff_rel", rel <= BIT_EXACT_REL, rel, BIT_EXACT_REL,
+                               f"fpga: defect map max |d| {rel:.3g} of its scale vs Brevitas in float64 "
+                               f"(limit {BIT_EXACT_REL:g}){where}"))
         # a bit-exact target must agree on every image
         agree = ag.get("argmax_agreement", 0.0)
         limit = 1.0 if target == "fpga" and cfg.fpga_bit_exact else cfg.min_agreement

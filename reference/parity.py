@@ -22,6 +22,8 @@ REPORT_SCHEMA = "qdeploy.report/1"
 
 
 def model_entries(ctx: Inputs, twins: list[tw.Twin]) -> dict:
+    from core.compare import compare
+    from quant.train_seg import pixel_metrics
     from reference.plots import curves_for
 
     s, r = ctx.splits(), ctx.recipe
@@ -40,6 +42,10 @@ def model_entries(ctx: Inputs, twins: list[tw.Twin]) -> dict:
             "curves": curves_for(t.logits, labels, s.ok_index),
             "extra": t.extra,
         }
+        if t.maps is not None:
+            out[t.key]["pixel"] = pixel_metrics(t.maps, *s.test.mask_array())
+            if ref is not None and ref.maps is not None:
+                out[t.key]["map_agreement"] = compare(t.maps.reshape(len(t.maps), -1), ref.maps.reshape(len(ref.maps), -1))
     return out
 
 

@@ -44,6 +44,8 @@ class ModelEntry(_Strict):
     agreement_float: Optional[Comparison]
     curves: Optional[dict[str, Any]]
     extra: dict[str, Any]
+    pixel: Optional[dict[str, Any]] = None  # a localising model: quant.train_seg.pixel_metrics of its map
+    map_agreement: Optional[Comparison] = None  # its map against its reference's map
 
 
 class Gate(_Strict):

@@ -27,11 +27,14 @@ class Twin:
     target: str | None = None
     reference: str | None = None
     extra: dict = field(default_factory=dict)
+    maps: np.ndarray | None = None  # a localising model's defect-logit maps [N, 1, h, w]
 
 
 def golden(ctx: Inputs) -> list[Twin]:
     from quant.checkpoint import load_checkpoint
+    from quant.models import model_info
     from quant.train import predict
+    from quant.train_seg import predict_maps
 
     d = ctx.stage_dir("train")
     if not ctx.layout.finished("train"):
@@ -47,9 +50,13 @@ def golden(ctx: Inputs) -> list[Twin]:
         model, meta = load_checkpoint(d / key)
         # the QAT model is the FPGA's reference: evaluated in float64, its exact semantics
         # (float32 rounds some activations that sit on a rounding boundary either way)
-        logits = predict(model, test, float64=key == "qat")
+        maps = None
+        if model_info(r.model.name).segmentation:
+            logits, maps = predict_maps(model, test, float64=key == "qat")
+        else:
+            logits = predict(model, test, float64=key == "qat")
         out.append(Twin(key, label, "golden" if key == "float" else "qat", logits, meta.get("threshold"),
-                        "pytorch", "cpu", precision, target="fpga" if key == "qat" else None))
+                        "pytorch", "cpu", precision, target="fpga" if key == "qat" else None, maps=maps))
     return out
 
 
@@ -167,7 +174,7 @@ def fpga_stages(stage_dir):
 def fpga(ctx: Inputs) -> list[Twin]:
     """The final dataflow model in FINN python execution. Only when it is not bit-exact are
     all stages re-checked, to name the first divergent node."""
-    from compilers.finn.parity import check_stages, run_stage
+    from compilers.finn.parity import as_outputs, check_stages, run_outputs
     from core.compare import BIT_EXACT_REL, compare
 
     d = ctx.stage_dir("fpga")
@@ -177,19 +184,24 @@ def fpga(ctx: Inputs) -> list[Twin]:
     missing = [s.model_path for s in stages if not s.model_path.is_file()]
     if missing:
         raise UserError(f"FPGA build incomplete ({missing[0]} missing): run 'make target=fpga build'")
-    logits = run_stage(stages[-1], pixels)
+    outputs = run_outputs(stages[-1], pixels)
+    logits = outputs[0]
+    maps = outputs[1].reshape(qat.maps.shape) if qat.maps is not None and len(outputs) > 1 else None
     extra = {"artifact": str(stages[-1].model_path), "final_stage": stages[-1].name,
              "note": "FINN python execution of the generated dataflow graph (bit-accurate model of the "
                      "hardware); fps and resources are estimates until run on a board"}
-    if compare(logits, qat.logits)["max_abs_diff_rel"] > BIT_EXACT_REL:
-        per_stage = check_stages(stages, pixels, qat.logits)
+    reference = qat.logits if maps is None else [qat.logits, qat.maps]
+    worst = max(compare(o, r)["max_abs_diff_rel"] for o, r in zip(outputs, as_outputs(reference)))
+    if worst > BIT_EXACT_REL:
+        per_stage = check_stages(stages, pixels, reference)
         extra["stages"] = [p.to_dict() for p in per_stage]
         bad = next((p for p in per_stage if not p.exact), None)
         if bad is not None and bad.first_divergent_node:
             extra["first_divergent_node"] = bad.first_divergent_node
     return [Twin("fpga", "FPGA target: FINN dataflow (python execution)", "target", logits, qat.threshold,
                  "finn python exec", "cpu (bit-accurate model of the FPGA)",
-                 f"w{ctx.recipe.model.weight_bits}a{ctx.recipe.model.act_bits} integer", "fpga", "qat", extra)]
+                 f"w{ctx.recipe.model.weight_bits}a{ctx.recipe.model.act_bits} integer", "fpga", "qat", extra,
+                 maps=maps)]
 
 
 def golden_cache(ctx: Inputs) -> list[Twin]:

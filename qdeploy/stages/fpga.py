@@ -56,7 +56,9 @@ def parity_pixels(ctx: Context):
 def step_lower(ctx: Context):
     """FINN flow with our folding; FINN's SetFolding is run at the same point for comparison."""
     from compilers.finn.flow import lower
+    from quant.models import model_info
     from quant.train import predict
+    from quant.train_seg import predict_maps
     from compilers.finn.folding import fold, finn_setfolding
     from targets.fpga_parts import get_part
 
@@ -76,7 +78,10 @@ def step_lower(ctx: Context):
 
     pixels = parity_pixels(ctx)
     model, _ = qat_checkpoint(ctx)
-    reference = predict(model, pixels, float64=True)  # what FINN's integer design must reproduce
+    if model_info(ctx.recipe.model.name).segmentation:  # both outputs: the decision and the defect map
+        reference = list(predict_maps(model, pixels, float64=True))
+    else:
+        reference = predict(model, pixels, float64=True)  # what FINN's integer design must reproduce
     result = lower(ctx.layout.qonnx, ctx.stage_dir(STAGE), part, r.clock_mhz,
                    r.target_fps, r.budget, samples_uint8=pixels, reference_logits=reference, folding=fold_and_compare,
                    log=lambda msg: console.print(f"  {msg}"))
