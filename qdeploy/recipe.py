@@ -34,6 +34,7 @@ class DatasetConfig(_Section):
     use_official_test: bool = False  # datasets with their own test split (casting)
     dedup: bool = True  # drop exact (and near, where supported) duplicates across splits
     normalize: Literal["none", "stretch"] = "none"  # stretch: per-image 1-99 percentile contrast stretch (host side)
+    orient: Literal["keep", "landscape"] = "keep"  # landscape: portrait images turned a quarter for a wide input
     # synthetic only
     num_images: int = Field(3000, ge=20)
     defect_fraction: float = Field(0.25, gt=0, lt=1)

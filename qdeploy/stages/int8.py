@@ -27,10 +27,19 @@ def calibration_batches(ctx: Context, batch_size: int = 32):
 
 
 def float_model(ctx: Context):
+    """The float model the INT8 artifacts start from; of a two-output (segmentation) model its
+    decision output only: the NPU/GPU artifacts classify, the FPGA design also localises."""
     from quant.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(ctx.layout.float_checkpoint)
-    return model, meta
+    return decision_only(model, meta["model"]["name"]), meta
+
+
+def decision_only(model, name: str):
+    from quant.models import model_info
+    from quant.models.segdec import DecisionOnly
+
+    return DecisionOnly(model) if model_info(name).segmentation else model
 
 
 def fold_batchnorm(model):
@@ -94,6 +103,6 @@ def load_int8(ctx: Context, stage: str):
     key = f"{stage}_qmodel_loaded"
     if key not in ctx.values:
         _, meta = float_model(ctx)
-        fresh = fold_batchnorm(create_model(**meta["model"]))  # the structure QAT ran on
+        fresh = fold_batchnorm(decision_only(create_model(**meta["model"]), meta["model"]["name"]))  # as QAT ran
         ctx.values[key] = load_nncf_checkpoint(ctx.layout.int8_checkpoint(stage), fresh)
     return ctx.values[key]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from quant.data.images import Box, fit, fit_mask, read_gray, stretch
+from quant.data.images import Box, fit, fit_mask, image_size, read_gray, stretch
 
 DEFAULT_CACHE_BYTES = 256 * 2**20
 SOURCE_LRU = 4  # decoded source images kept when streaming (tiles of one strip)
@@ -28,12 +28,13 @@ class ImageSet(Dataset):
     source image's size (quant.data.loaders.MaskRef.layers), or None where no mask is known.
     `mask(i)` brings it to the model size like its image. normalize: "stretch" applies the
     per-image contrast stretch (images.stretch) to every item, as every deployed model sees it.
+    orient: "landscape" turns an image whose long side disagrees with the input's a quarter.
     """
 
     def __init__(self, paths: Sequence[str], labels: Sequence[int], keys: Sequence[str], size: tuple[int, int],
                  geometry: str = "resize", boxes: Sequence[Box | None] | None = None,
                  class_names: Sequence[str] = (), cache_bytes: int = DEFAULT_CACHE_BYTES,
-                 masks: Sequence | None = None, normalize: str = "none"):
+                 masks: Sequence | None = None, normalize: str = "none", orient: str = "keep"):
         n = len(paths)
         if not (len(labels) == len(keys) == n) or (boxes is not None and len(boxes) != n) \
                 or (masks is not None and len(masks) != n):
@@ -48,6 +49,7 @@ class ImageSet(Dataset):
         self.cache_bytes = cache_bytes
         self.masks = list(masks) if masks is not None else [None] * n
         self.normalize = normalize
+        self.orient = orient
         self._init_caches()
 
     @property
@@ -95,14 +97,21 @@ class ImageSet(Dataset):
         if hit is not None:
             return hit
         box = self.boxes[i]
-        gray = self._source(self.paths[i]) if box is not None else read_gray(self.paths[i])
+        gray = self._source(self.paths[i]) if box is not None else self._oriented(read_gray(self.paths[i]))
+        if self.normalize == "stretch":  # on the image itself: the letterbox border is then its own
+            gray = stretch(gray)
         out = np.ascontiguousarray(fit(gray, self.size, self.geometry, box))
-        if self.normalize == "stretch":
-            out = stretch(out)
         if self.cached:
             out.flags.writeable = False
             self._cache[i] = out
         return out
+
+    def _oriented(self, a: np.ndarray) -> np.ndarray:
+        """orient "landscape": an image whose long side disagrees with the model input's is
+        turned a quarter (a portrait tile into a landscape input), its mask with it."""
+        if self.orient == "keep" or self.size[0] == self.size[1]:
+            return a
+        return np.rot90(a) if (a.shape[0] > a.shape[1]) != (self.size[0] > self.size[1]) else a
 
     @property
     def has_masks(self) -> bool:
@@ -114,8 +123,10 @@ class ImageSet(Dataset):
         if source is None:
             return None
         box = self.boxes[int(i)]
-        shape = self._source(self.paths[i]).shape if box is not None else read_gray(self.paths[i]).shape
-        return fit_mask(source(shape), self.size, self.geometry, box)
+        if box is not None:
+            return fit_mask(source(self._source(self.paths[i]).shape), self.size, self.geometry, box)
+        shape = image_size(self.paths[i])
+        return fit_mask(self._oriented(source(shape)), self.size, self.geometry)
 
     def mask_array(self, indices: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(bool [N, 1, H, W] masks, bool [N] known) of the given items (all by default)."""
@@ -143,7 +154,7 @@ class ImageSet(Dataset):
         idx = [int(i) for i in indices]
         return ImageSet([self.paths[i] for i in idx], self.labels[idx], [self.keys[i] for i in idx], self.size,
                         self.geometry, [self.boxes[i] for i in idx], self.class_names, self.cache_bytes,
-                        [self.masks[i] for i in idx], self.normalize)
+                        [self.masks[i] for i in idx], self.normalize, self.orient)
 
 
 def stack_pixels(images: ImageSet, limit: int | None = None) -> np.ndarray:

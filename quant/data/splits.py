@@ -232,7 +232,7 @@ def load_splits(cfg, seed: int, cache_dir: Path) -> Splits:
             raise UserError(f"{root}: the {split} split is empty after splitting and de-duplication: add images or change dataset.split")
         sets[split] = ImageSet([r.path for r in rs], [label_of[r.cls] for r in rs], [r.key for r in rs], cfg.size,
                                cfg.resize, [r.box for r in rs], class_names,
-                               masks=[mask_source(r) for r in rs], normalize=cfg.normalize)
+                               masks=[mask_source(r) for r in rs], normalize=cfg.normalize, orient=cfg.orient)
     if with_masks:
         known = sum(m is not None for s in sets.values() for m in s.masks)
         notes.append(f"pixel masks known for {known} of {sum(map(len, sets.values()))} images")
