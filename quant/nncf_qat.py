@@ -324,7 +324,7 @@ def export_qdq_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | 
     import onnx
 
     _import_strip_quietly()
-    stripped = nncf.strip(qmodel, do_copy=True, example_input=example_input).eval()
+    stripped = _strip_shared_too(nncf.strip(qmodel, do_copy=True, example_input=example_input).eval())
     with atomic_path(path) as tmp:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # quantizer levels become constants
@@ -344,6 +344,25 @@ def export_qdq_onnx(qmodel: nn.Module, example_input: torch.Tensor, path: str | 
         if custom or not any(n.op_type == "QuantizeLinear" for n in graph.node):
             raise RuntimeError(f"NNCF export did not produce a standard Q/DQ graph (custom ops: {custom})")
     return Path(path)
+
+
+def _strip_shared_too(stripped: nn.Module) -> nn.Module:
+    """nncf.strip replaces each quantizer at the first hook that holds it (named_hooks drops
+    duplicates), so a quantizer shared by several consumers (a feature map read by a conv and
+    by the pools of a decision head) stays an NNCF module there and exports as OpenVINO's
+    FakeQuantize: convert those too, the same way."""
+    from nncf.torch.function_hook.wrapper import get_hook_storage
+    from nncf.torch.quantization.layers import BaseQuantizer
+    from nncf.torch.quantization.strip import convert_to_torch_fakequantizer
+
+    storage = get_hook_storage(stripped)
+    converted: dict[int, nn.Module] = {}
+    for name, module in list(storage.named_hooks(remove_duplicate=False)):
+        if isinstance(module, BaseQuantizer):
+            if id(module) not in converted:
+                converted[id(module)] = convert_to_torch_fakequantizer(module)
+            storage.set_submodule(name, converted[id(module)])
+    return stripped
 
 
 def _import_strip_quietly() -> None:
