@@ -6,6 +6,7 @@
     qdeploy parity [--recipe R]
     qdeploy bench  [--recipe R]
     qdeploy report [--recipe R]
+    qdeploy predict --target fpga|npu|gpu|qat|float [--recipe R] IMAGES...|DIR [--out DIR]
 
 User mistakes print one line and exit non-zero; nothing half-written is left behind.
 """
@@ -53,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("parity", parents=[common], help="parity report over every built target")
     sub.add_parser("bench", parents=[common], help="throughput of every runtime present")
     sub.add_parser("report", parents=[common], help="render the report from the last parity run")
+    pr = sub.add_parser("predict", parents=[common], help="run a deployed model on images: predictions.csv + overlays")
+    pr.add_argument("--target", required=True, help="fpga, npu, gpu (the deployed twin, or the device where present), "
+                                                   "qat or float")
+    pr.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders of them (searched recursively)")
+    pr.add_argument("--out", help="output folder (default: <build-dir>/<recipe>/predict/<target>)")
     return p
 
 
@@ -88,6 +94,11 @@ def run(argv: list[str] | None = None) -> int:
         from reference.bench import run_bench
 
         run_bench(reference_inputs(ctx))
+    elif args.command == "predict":
+        from qdeploy.stages.harness import reference_inputs
+        from reference.predict import run_predict
+
+        run_predict(reference_inputs(ctx), args.target, args.images, Path(args.out) if args.out else None)
     return 0
 
 

@@ -44,6 +44,8 @@ class ModelEntry(_Strict):
     agreement_float: Optional[Comparison]
     curves: Optional[dict[str, Any]]
     extra: dict[str, Any]
+    # quant.metrics.at_operating_point: the classes decided at the stored threshold (None: no ok class)
+    operating_point: Optional[dict[str, Any]] = None
 
 
 class Gate(_Strict):
