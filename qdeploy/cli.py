@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from core.errors import UserError
+from core.layout import TOOL_LOG
 from core.targets import NAMES
 
 _MACHINE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
@@ -84,21 +85,43 @@ def run(argv: list[str] | None = None) -> int:
             from qdeploy.stages import run_plan
 
             run_plan(ctx, args.target, force=args.force)
-    elif args.command in ("parity", "report"):
-        from qdeploy.stages.harness import reference_inputs
-        from reference.parity import run_parity
+    else:
+        _run_harness(ctx, args)
+    return 0
 
-        run_parity(reference_inputs(ctx), render_only=args.command == "report")
-    elif args.command == "bench":
-        from qdeploy.stages.harness import reference_inputs
-        from reference.bench import run_bench
 
-        run_bench(reference_inputs(ctx))
-    elif args.command == "predict":
-        from qdeploy.stages.harness import reference_inputs
-        from reference.predict import run_predict
+def _run_harness(ctx, args) -> None:
+    """parity, report, bench, predict: the tools' own output (OpenVINO, NNCF, FINN) goes to
+    tool.log in the command's folder, like a build step's."""
+    from core.console import console
+    from core.tool_output import tool_output
+    from qdeploy.stages.harness import reference_inputs
 
-        run_predict(reference_inputs(ctx), args.target, args.images, Path(args.out) if args.out else None)
+    if args.command == "predict":
+        from reference.predict import KEYS, list_images
+
+        if args.target not in KEYS:
+            raise UserError(f"unknown --target {args.target!r}; valid: {', '.join(KEYS)}")
+        list_images(args.images)  # a missing file or a folder without images: said before anything runs
+    inputs = reference_inputs(ctx)
+    out = Path(args.out) if getattr(args, "out", None) else None
+    folder = {"parity": ctx.layout.report_dir, "report": ctx.layout.report_dir, "bench": ctx.layout.bench_dir,
+              "predict": out or ctx.layout.predict_dir(getattr(args, "target", ""))}[args.command]
+    log = folder / TOOL_LOG
+    console.print(f"[dim]{args.command}: tool output in {log}[/dim]")
+    with tool_output(log, args.command):
+        if args.command in ("parity", "report"):
+            from reference.parity import run_parity
+
+            run_parity(inputs, render_only=args.command == "report")
+        elif args.command == "bench":
+            from reference.bench import run_bench
+
+            run_bench(inputs)
+        elif args.command == "predict":
+            from reference.predict import run_predict
+
+            run_predict(inputs, args.target, args.images, out)
     return 0
 
 
