@@ -58,6 +58,10 @@ predict: $(STAMP)
 # Two processes: the end-to-end builds (tests/test_pipeline.py) run last in a fresh one, so the
 # hundreds of library tests before them leave no native state (OpenVINO, NNCF, FINN) behind
 # for them, nor they for anything after: a pytest process holding both died with SIGSEGV.
+# README tables from build/<recipe>/report/report.json + bench/bench.json (run parity and bench first)
+readme-results: $(STAMP)
+	$(PY) tools/readme_results.py --build build/$(or $(basename $(notdir $(recipe))),default)
+
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not bench" -q --durations=15 --ignore=tests/test_pipeline.py
 	$(PY) -m pytest -m "not slow and not bench" -q --durations=5 tests/test_pipeline.py

@@ -70,7 +70,9 @@ def run(argv: list[str] | None = None) -> int:
 
     recipe = load_recipe(args.recipe, _parse_set(args.set))
     ctx = Context(recipe=recipe, build_dir=Path(args.build_dir) / recipe.name)
-    if args.command in ("train", "export"):
+    if args.command == "train" and _launched_by_torchrun():
+        _train_distributed(ctx, args.force)
+    elif args.command in ("train", "export"):
         from qdeploy.stages import run_plan
 
         run_plan(ctx, args.command, force=args.force)
@@ -88,6 +90,45 @@ def run(argv: list[str] | None = None) -> int:
     else:
         _run_harness(ctx, args)
     return 0
+
+
+def _launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _train_distributed(ctx, force: bool) -> None:
+    """`torchrun --nproc_per_node N -m qdeploy train`: every rank trains (DDP, quant.distributed);
+    rank 0 writes the artifacts, the other ranks write into a scratch folder that is removed.
+    Whether the stage is up to date is rank 0's call, so every rank runs the same steps."""
+    import shutil
+    import tempfile
+
+    import torch.distributed as dist
+
+    from core.console import console
+    from qdeploy.stages import run_plan, step_digests
+    from qdeploy.steps import Context, stage_is_current
+    from quant import distributed
+
+    distributed.init()
+    scratch = None
+    try:
+        current = [not force and stage_is_current(ctx.stage_dir("train"), step_digests(ctx.recipe, "train"))]
+        dist.broadcast_object_list(current, src=0)
+        if not distributed.is_main():
+            console.quiet = True
+            scratch = Path(tempfile.mkdtemp(prefix=f"qdeploy-rank{distributed.rank()}-"))
+            ctx = Context(recipe=ctx.recipe, build_dir=scratch / ctx.recipe.name)
+        if current[0]:
+            console.print(f"[dim]train: up to date ({ctx.stage_dir('train')})[/dim]")
+            return
+        console.print(f"train: {distributed.world_size()} processes, DistributedDataParallel over "
+                      f"{dist.get_backend()}; rank 0 writes {ctx.build_dir}")
+        run_plan(ctx, "train", force=True)
+    finally:
+        distributed.shutdown()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run_harness(ctx, args) -> None:

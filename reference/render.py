@@ -406,12 +406,19 @@ def _bench(report: dict, plot_paths: dict) -> list[Block]:
     rows = []
     for r in b["results"]:
         est = r.get("kind") == "estimate"
-        ratios = ", ".join(f"{v:.2f}x vs {k}" for k, v in sorted((r.get("ratio_vs") or {}).items())) or "–"
+        ratios = ", ".join(f"{v:.2f}x vs {k}" for k, v in sorted((r.get("ratio_vs") or {}).items()) if v) or "–"
+        lat = r.get("latency_ms") or {}
+        settings = ", ".join(f"{k}={v}" for k, v in sorted((r.get("settings") or {}).items())) or "–"
         rows.append([r["runtime"], r.get("target") or "–", r.get("precision", "–"), r.get("device", "–"),
-                     str(r["batch"]), r.get("mode", "–"), _c(_int(r.get("images_per_s")), "estimate" if est else None),
-                     _num(r.get("median_ms_per_batch"), 3), _c("estimate", "estimate") if est else "measured", ratios])
-    out.append(_table(["Runtime", "Target", "Precision", "Device", "Batch", "Mode", "Images/s", "Median ms/batch",
-                       "Kind", "Ratio"], rows))
+                     r.get("mode", "–"), str(r["batch"]), _int(r.get("threads")) if r.get("threads") else "–",
+                     _c(_int(r.get("images_per_s")), "estimate" if est else None),
+                     *[_c(_num(lat.get(q), 3), "estimate" if est else None) for q in ("p50", "p90", "p99")],
+                     _c("estimate", "estimate") if est else "measured", ratios, settings])
+    out.append(_table(["Runtime", "Target", "Precision", "Device", "Mode", "Batch", "Threads", "Images/s",
+                       "p50 ms", "p90 ms", "p99 ms", "Kind", "Ratio", "Settings"], rows))
+    out.append(Block("p", "Latency: per call of one batch (async: one call keeps every infer request busy), "
+                          "percentiles over every timed call of every interleaved round, like benchmark_app. "
+                          "The FPGA row is FINN's estimate (cycle model at the clock), not a measurement."))
     if "throughput" in plot_paths:
         out.append(Block("img", text="Throughput", src="plots/throughput.png"))
     return out
