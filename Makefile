@@ -10,11 +10,13 @@ RECIPE  := $(if $(recipe),--recipe $(recipe),)
 QDEPLOY := $(PY) -m qdeploy
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup train export build parity report bench test test-slow clean lock help
+.PHONY: setup train export build parity report bench predict readme-results test test-slow clean lock help
 
 help:
 	@echo "make target=fpga|npu|gpu build   build a target on the embedded default (or recipe=recipes/X.yaml)"
 	@echo "make train | export | parity | bench | test | test-slow | clean | setup | lock"
+	@echo "make predict target=fpga|npu|gpu|qat|float images=DIR   run a deployed model on images"
+	@echo "make readme-results   regenerate the README's results tables from report.json / bench.json"
 
 setup: $(STAMP)
 
@@ -46,9 +48,20 @@ report: $(STAMP)
 bench: $(STAMP)
 	$(QDEPLOY) bench $(RECIPE)
 
+# make predict target=fpga images=path/to/folder [out=DIR]
+images  ?=
+out     ?=
+predict: $(STAMP)
+	@test -n "$(images)" || { echo "make predict: give images=FILE_OR_DIR (e.g. images=build/_data/...)"; exit 2; }
+	$(QDEPLOY) predict --target $(target) $(RECIPE) $(if $(out),--out $(out),) $(images)
+
 # Two processes: the end-to-end builds (tests/test_pipeline.py) run last in a fresh one, so the
 # hundreds of library tests before them leave no native state (OpenVINO, NNCF, FINN) behind
 # for them, nor they for anything after: a pytest process holding both died with SIGSEGV.
+# README tables from build/<recipe>/report/report.json + bench/bench.json (run parity and bench first)
+readme-results: $(STAMP)
+	$(PY) tools/readme_results.py --build build/$(or $(basename $(notdir $(recipe))),default)
+
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not bench" -q --durations=15 --ignore=tests/test_pipeline.py
 	$(PY) -m pytest -m "not slow and not bench" -q --durations=5 tests/test_pipeline.py

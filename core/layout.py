@@ -25,12 +25,26 @@ TRT_ENGINE = "model.engine"
 TRT_ENGINE_RECORD = "engine.json"
 # fpga
 FPGA_SUMMARY = "fpga_summary.json"
+FPGA_VIVADO_DIR = "vivado"  # FINN's Vivado steps (compilers/finn/continuation.py)
+FPGA_DEPLOY_DIR = "deploy"  # vivado/deploy: the deployment package for a PYNQ board
+FPGA_DRIVER_DIR = "driver"  # deploy/driver: FINN's PYNQ python driver
+FPGA_BITFILE_DIR = "bitfile"  # deploy/bitfile
 # parity and bench
 PARITY = "parity.json"
 REPORT_DIR = "report"
 REPORT = "report.json"
 BENCH_DIR = "bench"
 BENCH = "bench.json"
+# predict
+PREDICT_DIR = "predict"  # <build>/<recipe>/predict/<target>/
+PREDICTIONS = "predictions.csv"
+PREDICTIONS_META = "predictions.json"  # the sidecar: runner, device (real or twin), threshold, recipe
+OVERLAY_DIR = "overlays"  # <predict dir>/overlays/<image stem>.png
+# console: the compilers' own output (FINN, NNCF, OpenVINO: logging, warnings, prints, C-level)
+TOOL_LOG = "tool.log"  # <build>/<recipe>/<stage>/tool.log
+# README results, generated from report.json and bench.json (tools/readme_results.py)
+RESULTS_GENERATED = "RESULTS_GENERATED.md"  # docs/RESULTS_GENERATED.md
+RESULTS_SNAPSHOT = "results_snapshot.json"  # docs/results_snapshot.json: the numbers it was made from
 DATA_CACHE = "_data"  # beside the recipe folders: generated / decoded datasets, shared by recipes
 
 
@@ -80,12 +94,22 @@ class Layout:
         return self.stage("fpga") / FPGA_SUMMARY
 
     @property
+    def fpga_deploy(self) -> Path:
+        return self.stage("fpga") / FPGA_VIVADO_DIR / FPGA_DEPLOY_DIR
+
+    @property
     def report_dir(self) -> Path:
         return self.build_dir / REPORT_DIR
 
     @property
     def bench_dir(self) -> Path:
         return self.build_dir / BENCH_DIR
+
+    def tool_log(self, stage: str) -> Path:
+        return self.stage(stage) / TOOL_LOG
+
+    def predict_dir(self, target: str) -> Path:
+        return self.build_dir / PREDICT_DIR / target
 
     @property
     def data_cache(self) -> Path:

@@ -6,6 +6,7 @@
     qdeploy parity [--recipe R]
     qdeploy bench  [--recipe R]
     qdeploy report [--recipe R]
+    qdeploy predict --target fpga|npu|gpu|qat|float [--recipe R] IMAGES...|DIR [--out DIR]
 
 User mistakes print one line and exit non-zero; nothing half-written is left behind.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from core.errors import UserError
+from core.layout import TOOL_LOG
 from core.targets import NAMES
 
 _MACHINE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
@@ -53,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("parity", parents=[common], help="parity report over every built target")
     sub.add_parser("bench", parents=[common], help="throughput of every runtime present")
     sub.add_parser("report", parents=[common], help="render the report from the last parity run")
+    pr = sub.add_parser("predict", parents=[common], help="run a deployed model on images: predictions.csv + overlays")
+    pr.add_argument("--target", required=True, help="fpga, npu, gpu (the deployed twin, or the device where present), "
+                                                   "qat or float")
+    pr.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders of them (searched recursively)")
+    pr.add_argument("--out", help="output folder (default: <build-dir>/<recipe>/predict/<target>)")
     return p
 
 
@@ -63,7 +70,9 @@ def run(argv: list[str] | None = None) -> int:
 
     recipe = load_recipe(args.recipe, _parse_set(args.set))
     ctx = Context(recipe=recipe, build_dir=Path(args.build_dir) / recipe.name)
-    if args.command in ("train", "export"):
+    if args.command == "train" and _launched_by_torchrun():
+        _train_distributed(ctx, args.force)
+    elif args.command in ("train", "export"):
         from qdeploy.stages import run_plan
 
         run_plan(ctx, args.command, force=args.force)
@@ -78,16 +87,82 @@ def run(argv: list[str] | None = None) -> int:
             from qdeploy.stages import run_plan
 
             run_plan(ctx, args.target, force=args.force)
-    elif args.command in ("parity", "report"):
-        from qdeploy.stages.harness import reference_inputs
-        from reference.parity import run_parity
+    else:
+        _run_harness(ctx, args)
+    return 0
 
-        run_parity(reference_inputs(ctx), render_only=args.command == "report")
-    elif args.command == "bench":
-        from qdeploy.stages.harness import reference_inputs
-        from reference.bench import run_bench
 
-        run_bench(reference_inputs(ctx))
+def _launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _train_distributed(ctx, force: bool) -> None:
+    """`torchrun --nproc_per_node N -m qdeploy train`: every rank trains (DDP, quant.distributed);
+    rank 0 writes the artifacts, the other ranks write into a scratch folder that is removed.
+    Whether the stage is up to date is rank 0's call, so every rank runs the same steps."""
+    import shutil
+    import tempfile
+
+    import torch.distributed as dist
+
+    from core.console import console
+    from qdeploy.stages import run_plan, step_digests
+    from qdeploy.steps import Context, stage_is_current
+    from quant import distributed
+
+    distributed.init()
+    scratch = None
+    try:
+        current = [not force and stage_is_current(ctx.stage_dir("train"), step_digests(ctx.recipe, "train"))]
+        dist.broadcast_object_list(current, src=0)
+        if not distributed.is_main():
+            console.quiet = True
+            scratch = Path(tempfile.mkdtemp(prefix=f"qdeploy-rank{distributed.rank()}-"))
+            ctx = Context(recipe=ctx.recipe, build_dir=scratch / ctx.recipe.name)
+        if current[0]:
+            console.print(f"[dim]train: up to date ({ctx.stage_dir('train')})[/dim]")
+            return
+        console.print(f"train: {distributed.world_size()} processes, DistributedDataParallel over "
+                      f"{dist.get_backend()}; rank 0 writes {ctx.build_dir}")
+        run_plan(ctx, "train", force=True)
+    finally:
+        distributed.shutdown()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_harness(ctx, args) -> None:
+    """parity, report, bench, predict: the tools' own output (OpenVINO, NNCF, FINN) goes to
+    tool.log in the command's folder, like a build step's."""
+    from core.console import console
+    from core.tool_output import tool_output
+    from qdeploy.stages.harness import reference_inputs
+
+    if args.command == "predict":
+        from reference.predict import KEYS, list_images
+
+        if args.target not in KEYS:
+            raise UserError(f"unknown --target {args.target!r}; valid: {', '.join(KEYS)}")
+        list_images(args.images)  # a missing file or a folder without images: said before anything runs
+    inputs = reference_inputs(ctx)
+    out = Path(args.out) if getattr(args, "out", None) else None
+    folder = {"parity": ctx.layout.report_dir, "report": ctx.layout.report_dir, "bench": ctx.layout.bench_dir,
+              "predict": out or ctx.layout.predict_dir(getattr(args, "target", ""))}[args.command]
+    log = folder / TOOL_LOG
+    console.print(f"[dim]{args.command}: tool output in {log}[/dim]")
+    with tool_output(log, args.command):
+        if args.command in ("parity", "report"):
+            from reference.parity import run_parity
+
+            run_parity(inputs, render_only=args.command == "report")
+        elif args.command == "bench":
+            from reference.bench import run_bench
+
+            run_bench(inputs)
+        elif args.command == "predict":
+            from reference.predict import run_predict
+
+            run_predict(inputs, args.target, args.images, out)
     return 0
 
 

@@ -19,6 +19,7 @@ from core import machine
 from core.atomic import write_json
 from core.console import console
 from core.layout import STAGE_MARKER, Layout
+from core.tool_output import tool_output
 
 STEPS_DONE = "steps_done.json"  # the steps of an unfinished stage that did finish, with their digests
 
@@ -87,9 +88,11 @@ def run_stage(ctx: Context, stage: str, steps: Sequence[StepFn], digests: Sequen
         if i < keep:
             console.print(f"[dim]{stage} [{i + 1}/{len(steps)}] {name}: up to date[/dim]")
             continue
-        console.print(f"[bold]{stage}[/bold] [{i + 1}/{len(steps)}] {name}")
+        log = ctx.layout.tool_log(stage)  # FINN's, NNCF's, OpenVINO's own output (core.tool_output)
+        console.print(f"[bold]{stage}[/bold] [{i + 1}/{len(steps)}] {name} [dim](tool output: {log})[/dim]")
         t0 = time.perf_counter()
-        step(ctx)
+        with tool_output(log, f"{stage} {name}"):
+            step(ctx)
         times[name] = round(time.perf_counter() - t0, 3)
         write_json(progress, {"steps": list(digests[: i + 1]), "time_per_step_s": times})
     write_json(marker, {"steps": list(digests), "time_per_step_s": times, "machine": ident})

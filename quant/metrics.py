@@ -142,3 +142,39 @@ def evaluate(logits, labels, ok_index: int | None, threshold: float | None = Non
 def agreement(a_logits: np.ndarray, b_logits: np.ndarray) -> dict:
     """How closely model b's outputs follow reference a's on the same inputs (core.compare)."""
     return compare(b_logits, a_logits)
+
+
+def op_predictions(logits, ok_index: int | None, threshold: float | None):
+    """The decision at the operating point, per image: (defect score or None, flagged, class).
+
+    flagged: defect score >= threshold (argmax != ok without a threshold; always True
+    without an ok class). class: the ok class when not flagged, else the most likely defect
+    class. The parity report and `qdeploy predict` both decide with this."""
+    logits = np.asarray(logits, dtype=np.float64)
+    scores = defect_scores(logits, ok_index)
+    if scores is None:
+        return None, np.ones(len(logits), dtype=bool), logits.argmax(1)
+    flagged = scores >= threshold if threshold is not None else logits.argmax(1) != ok_index
+    defect_only = logits.copy()
+    defect_only[:, ok_index] = -np.inf
+    return scores, flagged, np.where(flagged, defect_only.argmax(1), ok_index)
+
+
+def at_operating_point(logits, labels, ok_index: int | None, threshold: float | None) -> dict | None:
+    """The headline metrics of the line: the classes decided at the stored threshold
+    (op_predictions), beside which `evaluate` gives the argmax ones. None without an ok class."""
+    if ok_index is None:
+        return None
+    labels = np.asarray(labels)
+    n_classes = np.asarray(logits).shape[1]
+    _, flagged, pred = op_predictions(logits, ok_index, threshold)
+    positive = labels != ok_index
+    p, r, f1, _ = precision_recall_fscore_support(labels, pred, average="macro", labels=range(n_classes), zero_division=0)
+    tp, fp = int((flagged & positive).sum()), int((flagged & ~positive).sum())
+    fn, tn = int((~flagged & positive).sum()), int((~flagged & ~positive).sum())
+    return {"threshold": None if threshold is None else float(threshold), "n": int(len(labels)),
+            "accuracy": float((pred == labels).mean()), "precision": float(p), "recall": float(r), "f1": float(f1),
+            "confusion_matrix": confusion_matrix(labels, pred, labels=range(n_classes)).tolist(),
+            "defect": {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "recall": tp / max(tp + fn, 1),
+                       "precision": tp / max(tp + fp, 1), "fpr": fp / max(fp + tn, 1)},
+            "decisions": [int(x) for x in flagged], "predicted": [int(x) for x in pred]}

@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from core.console import console
-from quant import metrics
+from quant import distributed, metrics
 from quant.augment import augment_batch
 from quant.losses import make_loss
 from quant.preprocess import to_input
@@ -38,6 +38,9 @@ def _loader(imageset, cfg, gen: torch.Generator, train: bool) -> DataLoader:
         sampler = WeightedRandomSampler(torch.as_tensor(w), num_samples=len(imageset), replacement=True, generator=gen)
     elif train:
         shuffle = True
+    if train and distributed.world_size() > 1:  # every rank draws the global sequence, takes its share
+        sampler = sampler or torch.utils.data.RandomSampler(imageset, generator=gen)
+        return DataLoader(imageset, batch_sampler=distributed.ShardedBatchSampler(sampler, cfg.batch_size))
     return DataLoader(imageset, batch_size=cfg.batch_size if train else 256, sampler=sampler,
                       shuffle=shuffle, generator=gen if shuffle else None, num_workers=0)
 
@@ -99,8 +102,9 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freez
         for epoch in range(epochs):
             t0 = time.perf_counter()
             frozen = freeze_bn_from is not None and epoch >= freeze_bn_from
-            loss_sum, n_seen = train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen,
-                                               lambda: progress.advance(task), freeze_bn=frozen)
+            loss_sum, n_seen = train_one_epoch(distributed.wrap(model), loader, criterion, optimizer, scheduler, cfg,
+                                               gen, lambda: progress.advance(task), freeze_bn=frozen)
+            distributed.sync_buffers(model)  # every rank validates rank 0's BatchNorm statistics
             val_logits = predict(model, splits.val)
             m = metrics.evaluate(val_logits, splits.val.labels, splits.ok_index, report_fpr=cfg.report_fpr)
             score, nll = _score(m), _nll(val_logits, splits.val.labels)
@@ -144,12 +148,16 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen, ti
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
     loss_sum, n_seen = 0.0, 0
+    shard = getattr(loader, "batch_sampler", None)
+    shard = shard if isinstance(shard, distributed.ShardedBatchSampler) else None
     for pixels, target in loader:
         x = to_input(pixels)
         if cfg.augment:
-            x = augment_batch(x, gen)
+            x = augment_batch(x, gen) if shard is None else distributed.augment_share(augment_batch, x, gen, shard.current)
         logits = model(x)
         loss = criterion(torch.as_tensor(logits), target)
+        if shard is not None:  # DDP averages over ranks: weighted, that is the global batch's mean
+            loss = loss * distributed.loss_weight(shard.current, len(target))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

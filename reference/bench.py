@@ -35,6 +35,43 @@ class Runtime:
     device: str
     mode: str  # sync | async
     make_fn: Callable[[np.ndarray], Callable]  # pixels -> no-arg callable with .images
+    threads: Callable[[], int | None] = lambda: None  # intra-op threads the runtime uses
+    settings: Callable[[], dict] = dict  # what else decides its speed (streams, requests, hints)
+
+
+def _openvino_settings(runner) -> dict:
+    """What benchmark_app prints: streams, threads, infer requests, hint (after compilation)."""
+    out = {}
+    for key in ("NUM_STREAMS", "INFERENCE_NUM_THREADS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS", "PERFORMANCE_HINT",
+                "INFERENCE_PRECISION_HINT"):
+        try:
+            out[key.lower()] = str(runner.compiled.get_property(key))
+        except Exception:  # a device without the property
+            continue
+    return out
+
+
+class _OpenVINOMaker:
+    """Compiles the IR for each batch size; remembers the last runner for its settings."""
+
+    def __init__(self, xml, choice, precision, mode):
+        self.xml, self.choice, self.precision, self.mode, self.last = xml, choice, precision, mode, None
+
+    def __call__(self, px):
+        from targets.runners import OpenVINORunner
+
+        self.last = OpenVINORunner(self.xml, self.choice, self.precision, batch=len(px), mode=self.mode)
+        return self.last.infer_fn(px)
+
+    def settings(self) -> dict:
+        s = _openvino_settings(self.last) if self.last is not None else {}
+        if self.mode == "async" and self.last is not None:
+            s["requests_in_flight"] = len(self.last._queue)
+        return s
+
+    def threads(self) -> int | None:
+        v = self.settings().get("inference_num_threads")
+        return int(v) if v and v.isdigit() else None
 
 
 def _float_runtimes(ctx: Inputs, work: Path) -> list[Runtime]:
@@ -51,15 +88,24 @@ def _float_runtimes(ctx: Inputs, work: Path) -> list[Runtime]:
     torch.onnx.export(model, torch.zeros(1, 1, h, w), str(onnx_path), input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     xml = to_openvino_ir(model, (1, 1, h, w), work / "float.xml")
+    threads = _cores()
     torch_runner = TorchRunner(model, name="pytorch-fp32")
-    ort_runner = OrtRunner(onnx_path, name="onnxruntime-fp32")
+    ort_runner = OrtRunner(onnx_path, name="onnxruntime-fp32", threads=threads)
     cpu = select_device("cpu")
+    ov = _OpenVINOMaker(xml, cpu, "default", "sync")
     return [
-        Runtime("pytorch-fp32", None, "fp32", "cpu", "sync", torch_runner.infer_fn),
-        Runtime("onnxruntime-fp32", None, "fp32", "cpu", "sync", ort_runner.infer_fn),
-        Runtime("openvino-fp32", None, "fp32 (device default)", "CPU", "sync",
-                lambda px: OpenVINORunner(xml, cpu, "default", batch=len(px)).infer_fn(px)),
+        Runtime("pytorch-fp32", None, "fp32", "cpu", "sync", torch_runner.infer_fn, torch.get_num_threads,
+                lambda: {"eager": True, "inference_mode": True}),
+        Runtime("onnxruntime-fp32", None, "fp32", "cpu", "sync", ort_runner.infer_fn, lambda: threads,
+                lambda: {"execution_provider": "CPUExecutionProvider", "graph_optimization": "all"}),
+        Runtime("openvino-fp32", None, "fp32 (device default)", "CPU", "sync", ov, ov.threads, ov.settings),
     ]
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _target_runtimes(ctx: Inputs) -> list[Runtime]:
@@ -69,15 +115,17 @@ def _target_runtimes(ctx: Inputs) -> list[Runtime]:
     out = []
     qdq = ctx.layout.qdq_onnx
     if qdq.is_file():
-        ort_q = OrtRunner(qdq, name="onnxruntime-int8-qdq")
-        out.append(Runtime("onnxruntime-int8-qdq", "gpu", "int8 QDQ", "cpu", "sync", ort_q.infer_fn))
+        threads = _cores()
+        ort_q = OrtRunner(qdq, name="onnxruntime-int8-qdq", threads=threads)
+        out.append(Runtime("onnxruntime-int8-qdq", "gpu", "int8 QDQ", "cpu", "sync", ort_q.infer_fn, lambda: threads,
+                           lambda: {"execution_provider": "CPUExecutionProvider", "graph_optimization": "all"}))
     xml = ctx.layout.openvino_ir
     if xml.is_file():
         choice = select_device(ctx.recipe.npu.device)
         dev = choice.device
         for mode in ("sync", "async"):
-            out.append(Runtime(f"openvino-int8-{mode}", "npu", "int8", dev, mode,
-                               lambda px, m=mode: OpenVINORunner(xml, choice, "default", batch=len(px), mode=m).infer_fn(px)))
+            ov = _OpenVINOMaker(xml, choice, "default", mode)
+            out.append(Runtime(f"openvino-int8-{mode}", "npu", "int8", dev, mode, ov, ov.threads, ov.settings))
     engine = ctx.layout.trt_engine
     if engine.is_file():
         from compilers.tensorrt.engine import tensorrt_available
@@ -85,7 +133,8 @@ def _target_runtimes(ctx: Inputs) -> list[Runtime]:
 
         if tensorrt_available()[0]:
             trt = TensorRTRunner(engine)
-            out.append(Runtime("tensorrt-int8", "gpu", "int8", trt.device, "sync", trt.infer_fn))
+            out.append(Runtime("tensorrt-int8", "gpu", "int8", trt.device, "sync", trt.infer_fn, lambda: None,
+                               lambda: {"engine": str(engine)}))
     return out
 
 
@@ -94,9 +143,14 @@ def _estimates(ctx: Inputs) -> list[dict]:
     if not path.is_file():
         return []
     s = json.loads(path.read_text())
+    # FINN's cycle model: a new image every 1/fps in the stream; one image's latency through the pipeline
+    latency = (s.get("finn_estimate") or {}).get("est_latency_ms")
+    lat = {q: float(latency) for q in ("p50", "p90", "p99")} if latency else None
     return [{"runtime": f"finn-dataflow ({s['part']} @ {s['clock_mhz']:g} MHz)", "target": "fpga", "precision":
              f"w{ctx.recipe.model.weight_bits}a{ctx.recipe.model.act_bits}", "device": s["part"], "batch": 1,
-             "mode": "stream", "images_per_s": float(s["est_fps"]), "median_ms_per_batch": 1000.0 / float(s["est_fps"]),
+             "mode": "stream", "threads": None, "images_per_s": float(s["est_fps"]),
+             "median_ms_per_batch": 1000.0 / float(s["est_fps"]), "latency_ms": lat,
+             "settings": {"clock_mhz": s["clock_mhz"], "source": "FINN estimate (cycle model), not measured"},
              "kind": "estimate", "ratio_vs": {}}]
 
 
@@ -159,7 +213,8 @@ def summarize(raw: dict, runtimes: list[Runtime], fns: dict) -> dict:
         images = fns[(name, batch)].images
         p50, p90, p99 = (float(np.percentile(data, q)) * 1000.0 for q in (50, 90, 99))
         results.append({"runtime": name, "target": rt.target, "precision": rt.precision, "device": rt.device,
-                        "batch": batch, "mode": rt.mode, "images_per_s": images / med,
+                        "batch": batch, "mode": rt.mode, "threads": rt.threads(), "settings": rt.settings(),
+                        "images_per_s": images / med,
                         "median_ms_per_batch": med * 1000.0, "latency_ms": {"p50": p50, "p90": p90, "p99": p99},
                         "images_per_call": images, "kind": "measured", "calls_timed": len(data)})
     for r in results:
@@ -179,8 +234,8 @@ def print_bench(result: dict) -> None:
 
     machine = result.get("machine")
     on = f" on {summary(machine)}" if isinstance(machine, dict) else ""
-    table = Table(title=f"throughput (images/s; interleaved rounds, medians){on}")
-    for col in ("runtime", "target", "device", "mode", "batch", "images/s", "p50 ms", "p90 ms", "p99 ms",
+    table = Table(title=f"throughput (images/s; interleaved rounds, medians; latency per call){on}")
+    for col in ("runtime", "target", "device", "mode", "batch", "threads", "images/s", "p50 ms", "p90 ms", "p99 ms",
                 "x PyTorch FP32", "x ORT FP32", "kind"):
         table.add_column(col, justify="right" if col not in ("runtime", "target", "device", "mode", "kind") else "left")
     for r in sorted(result["results"], key=lambda r: (r["batch"], r["runtime"])):
@@ -189,6 +244,7 @@ def print_bench(result: dict) -> None:
         lat = r.get("latency_ms") or {}
         ms = lambda q: f"{lat[q]:.3f}" if q in lat else "-"  # noqa: E731
         table.add_row(r["runtime"], r["target"] or "-", str(r["device"]), str(r.get("mode", "-")), str(r["batch"]),
-                      f"{r['images_per_s']:.0f}", ms("p50"), ms("p90"), ms("p99"),
-                      fmt(ratios.get("pytorch-fp32")), fmt(ratios.get("onnxruntime-fp32")), r["kind"])
+                      str(r.get("threads") or "-"), f"{r['images_per_s']:.0f}", ms("p50"), ms("p90"), ms("p99"),
+                      fmt(ratios.get("pytorch-fp32")), fmt(ratios.get("onnxruntime-fp32")),
+                      "ESTIMATE" if r["kind"] == "estimate" else r["kind"])
     console.print(table)

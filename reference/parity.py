@@ -7,6 +7,7 @@ rendered to Markdown, self-contained HTML and PNG plots, and a console table.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from core import layout, machine
 from core.atomic import write_json
@@ -36,6 +37,7 @@ def model_entries(ctx: Inputs, twins: list[tw.Twin]) -> dict:
             "label": t.label, "role": t.role, "target": t.target, "runtime": t.runtime, "device": t.device,
             "precision": t.precision, "reference": t.reference,
             "metrics": metrics.evaluate(t.logits, labels, s.ok_index, t.threshold, r.train.report_fpr),
+            "operating_point": metrics.at_operating_point(t.logits, labels, s.ok_index, t.threshold),
             "agreement_reference": metrics.agreement(ref.logits, t.logits) if ref is not None else None,
             "agreement_float": metrics.agreement(by_key["float"].logits, t.logits)
             if "float" in by_key and t.key != "float" else None,
@@ -56,7 +58,7 @@ def _header(ctx: Inputs) -> dict:
     return {
         "schema": REPORT_SCHEMA, "recipe": r.name, "qdeploy_version": ctx.version, "machine": machine.identity(),
         "dataset": {"classes": list(s.class_names), "ok_index": s.ok_index, "n_test": len(s.test),
-                    "notes": list(s.notes)},
+                    "notes": list(s.notes), "test_files": [str(Path(p).resolve()) for p in s.test.paths]},
         "operating_point": {"threshold": qat.get("threshold"), "target_recall": r.train.target_recall,
                             "target_fpr": r.train.target_fpr, "report_fpr": r.train.report_fpr},
     }

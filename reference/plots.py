@@ -103,6 +103,7 @@ def plot_confusion(models: dict, classes: list[str], path: Path) -> Path | None:
     items = [(k, m) for k, m in models.items() if (m.get("metrics") or {}).get("confusion_matrix")]
     if not items:
         return None
+    at_op = all((m.get("operating_point") or {}).get("confusion_matrix") for _, m in items)
     n = len(items)
     ncols = min(n, 4)
     nrows = math.ceil(n / ncols)
@@ -114,10 +115,11 @@ def plot_confusion(models: dict, classes: list[str], path: Path) -> Path | None:
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, (key, m) in zip(axes.flat, items):
-        cm = np.asarray(m["metrics"]["confusion_matrix"], dtype=float)
+        # at the stored operating threshold, what the line decides (argmax without an ok class)
+        cm = np.asarray((m["operating_point"] if at_op else m["metrics"])["confusion_matrix"], dtype=float)
         rate = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
-        ax.set_title(_short(m.get("label", key), 34), fontsize=9)
+        ax.set_title(_short(m.get("label", key), 34) + ("\n(at the operating point)" if at_op else ""), fontsize=9)
         ticks = range(len(names))
         ax.set_xticks(ticks, names, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(ticks, names, fontsize=7)

@@ -162,25 +162,107 @@ def _dataset(report: dict) -> list[Block]:
     return out
 
 
+def _beside(op: dict | None, met: dict, key: str) -> str:
+    """The value at the operating point, with the argmax one beside it: "0.9533 (argmax 0.9378)"."""
+    if not op or key not in op:
+        return _num(met.get(key))
+    return f"{_num(op[key])} (argmax {_num(met.get(key))})"
+
+
 def _summary(report: dict) -> list[Block]:
     fpr = (report.get("operating_point") or {}).get("report_fpr")
-    headers = ["Model", "Runtime", "Device", "Precision", "Accuracy", "Precision (macro)", "Recall (macro)",
-               "F1 (macro)", "AP", "AUROC", "Recall @ op (FPR)", f"Recall @ FPR {fpr:g}" if fpr else "Recall @ FPR",
+    headers = ["Model", "Runtime", "Device", "Precision", "Accuracy @ op", "Defect recall @ op", "FPR @ op",
+               "Precision (macro) @ op", "Recall (macro) @ op", "F1 (macro) @ op", "AP", "AUROC",
+               f"Recall @ FPR {fpr:g}" if fpr else "Recall @ FPR",
                "Reference", "Agreement vs ref", "max|d| vs ref", "Agreement vs float", "max|d| vs float"]
     rows = []
     for key, m in _ordered(report["models"]):
         met = m.get("metrics") or {}
-        op = _num(met.get("op_recall")) + (f" ({_num(met['op_fpr'], 3)})" if "op_fpr" in met else "")
+        op = m.get("operating_point")
+        d = (op or {}).get("defect") or {}
         ref, fl = m.get("agreement_reference"), m.get("agreement_float")
         rows.append([_c(m.get("label", key), "strong"), m.get("runtime", "–"), m.get("device", "–"),
-                     m.get("precision", "–"), _num(met.get("accuracy")), _num(met.get("precision")),
-                     _num(met.get("recall")), _num(met.get("f1")), _num(met.get("ap")), _num(met.get("auroc")),
-                     op if "op_recall" in met else "–", _num(met.get("recall_at_fpr")), m.get("reference") or "–",
-                     _agree(ref), _diff((ref or {}).get("max_abs_diff")), _agree(fl),
+                     m.get("precision", "–"), _beside(op, met, "accuracy"),
+                     f"{_num(d['recall'])} (argmax {_num(met.get('defect_recall'))})" if d else "–",
+                     _num(d.get("fpr"), 4) if d else "–",
+                     _beside(op, met, "precision"), _beside(op, met, "recall"), _beside(op, met, "f1"),
+                     _num(met.get("ap")), _num(met.get("auroc")), _num(met.get("recall_at_fpr")),
+                     m.get("reference") or "–", _agree(ref), _diff((ref or {}).get("max_abs_diff")), _agree(fl),
                      _diff((fl or {}).get("max_abs_diff"))])
+    thr = (report.get("operating_point") or {}).get("threshold")
+    where = (f"at the stored operating threshold on the defect score (the QAT model's: {thr:.4f}; each INT8 model "
+             "has its own, chosen the same way)" if thr is not None else "at the argmax (no ok class, no threshold)")
     return [Block("h2", "Models on the test set"), _table(headers, rows),
-            Block("p", "Agreement: share of test images where the argmax class equals the reference's; max|d|: "
+            Block("p", f"@ op: {where}, which is how the line decides; the argmax figure is beside it. "
+                       "Agreement: share of test images where the argmax class equals the reference's; max|d|: "
                        "largest absolute logit difference. Reference: the model's own QAT reference.")]
+
+
+def _confusion(report: dict) -> list[Block]:
+    """Each model's confusion matrix as a table: at the operating point, the argmax count beside."""
+    classes = (report.get("dataset") or {}).get("classes") or []
+    out = [Block("h2", "Confusion matrices (rows: true class, columns: decided class)")]
+    shown = False
+    for key, m in _ordered(report["models"]):
+        op_cm = (m.get("operating_point") or {}).get("confusion_matrix")
+        am_cm = (m.get("metrics") or {}).get("confusion_matrix")
+        if not am_cm or len(am_cm) != len(classes):
+            continue
+        shown = True
+        rows = [[_c(classes[i], "strong")] + [f"{op_cm[i][j]} (argmax {am_cm[i][j]})" if op_cm else str(am_cm[i][j])
+                                               for j in range(len(classes))] for i in range(len(classes))]
+        what = "at the operating point, argmax beside" if op_cm else "argmax (no ok class)"
+        out += [Block("h3", f"{m.get('label', key)}: {what}"), _table(["true \\ decided", *classes], rows)]
+    return out if shown else []
+
+
+def _verdicts(report: dict) -> list[Block]:
+    """One paragraph per built target, in plain words: does it behave like its model, and
+    what does the line get at the operating point."""
+    models = report.get("models") or {}
+    gates = report.get("gates") or []
+    out = []
+    for target, name in TARGETS.items():
+        t = models.get(target)
+        if not t:
+            continue
+        ref = models.get(t.get("reference") or "", {})
+        ag = t.get("agreement_reference") or {}
+        mine = [g for g in gates if g["target"] == target]
+        failed = [g for g in mine if not g["passed"]]
+        n = ag.get("n") or (t.get("metrics") or {}).get("n")
+        flips = round((1 - ag.get("argmax_agreement", 1.0)) * n) if n else 0
+        if ag.get("max_abs_diff_rel", 1) <= 1e-6:
+            follows = f"computes what {ref.get('label', 'its QAT model')} computes on all {n} test images (bit-exact)"
+        elif flips == 0:
+            follows = (f"gives the same class as {ref.get('label', 'its QAT model')} on all {n} test images (logits "
+                       f"within {_diff(ag.get('max_abs_diff'))}, {_pct(ag.get('max_abs_diff_rel'))} of the logit scale)")
+        else:
+            follows = (f"gives another class than {ref.get('label', 'its QAT model')} on {flips} of {n} test images "
+                       f"(logits up to {_diff(ag.get('max_abs_diff'))} apart)")
+        op = t.get("operating_point") or {}
+        d = op.get("defect") or {}
+        line = ""
+        if d:
+            line = (f" At the operating threshold {op['threshold']:.4f} it finds {d['tp']} of {d['tp'] + d['fn']} defective "
+                    f"parts (recall {_pct(d['recall'], 1)}) and rejects {d['fp']} of {d['fp'] + d['tn']} good ones "
+                    f"(false-positive rate {_pct(d['fpr'], 1)}); accuracy {_pct(op['accuracy'], 1)} "
+                    f"(at the argmax: {_pct((t.get('metrics') or {}).get('accuracy'), 1)}).")
+        ran = (f" It ran as {t.get('runtime', '?')} on {t.get('device', '?')}"
+               + (", a stand-in for the device: the figures hold for the artifact, not the device's speed." if
+                  not any(w in str(t.get("device", "")).lower() for w in ("npu", "gpu", "cuda", "board")) else "."))
+        verdict = (f"Verdict: deployable, all {len(mine)} gates passed." if mine and not failed else
+                   f"Verdict: NOT deployable, {len(failed)} of {len(mine)} gates failed: "
+                   + "; ".join(g.get("message") or g["gate"] for g in failed) + "." if failed else "Verdict: no gate checked.")
+        if target == "fpga" and report.get("fpga"):
+            f = report["fpga"]
+            est, tgt = f.get("est_fps"), f.get("target_fps")
+            if est:
+                ran += (f" Its throughput is an estimate of {_int(est)} fps for a target of {_int(tgt)} "
+                        f"({'met' if tgt and est >= tgt else 'not met'}), from FINN's cycle model, not a board.")
+        out.append(Block("p", f"{name}: the deployed model {follows}.{line}{ran} {verdict}",
+                         status="fail" if failed else None))
+    return [Block("h2", "Verdict per target"), *out] if out else []
 
 
 def _gates(report: dict) -> list[Block]:
@@ -324,12 +406,19 @@ def _bench(report: dict, plot_paths: dict) -> list[Block]:
     rows = []
     for r in b["results"]:
         est = r.get("kind") == "estimate"
-        ratios = ", ".join(f"{v:.2f}x vs {k}" for k, v in sorted((r.get("ratio_vs") or {}).items())) or "–"
+        ratios = ", ".join(f"{v:.2f}x vs {k}" for k, v in sorted((r.get("ratio_vs") or {}).items()) if v) or "–"
+        lat = r.get("latency_ms") or {}
+        settings = ", ".join(f"{k}={v}" for k, v in sorted((r.get("settings") or {}).items())) or "–"
         rows.append([r["runtime"], r.get("target") or "–", r.get("precision", "–"), r.get("device", "–"),
-                     str(r["batch"]), r.get("mode", "–"), _c(_int(r.get("images_per_s")), "estimate" if est else None),
-                     _num(r.get("median_ms_per_batch"), 3), _c("estimate", "estimate") if est else "measured", ratios])
-    out.append(_table(["Runtime", "Target", "Precision", "Device", "Batch", "Mode", "Images/s", "Median ms/batch",
-                       "Kind", "Ratio"], rows))
+                     r.get("mode", "–"), str(r["batch"]), _int(r.get("threads")) if r.get("threads") else "–",
+                     _c(_int(r.get("images_per_s")), "estimate" if est else None),
+                     *[_c(_num(lat.get(q), 3), "estimate" if est else None) for q in ("p50", "p90", "p99")],
+                     _c("estimate", "estimate") if est else "measured", ratios, settings])
+    out.append(_table(["Runtime", "Target", "Precision", "Device", "Mode", "Batch", "Threads", "Images/s",
+                       "p50 ms", "p90 ms", "p99 ms", "Kind", "Ratio", "Settings"], rows))
+    out.append(Block("p", "Latency: per call of one batch (async: one call keeps every infer request busy), "
+                          "percentiles over every timed call of every interleaved round, like benchmark_app. "
+                          "The FPGA row is FINN's estimate (cycle model at the clock), not a measurement."))
     if "throughput" in plot_paths:
         out.append(Block("img", text="Throughput", src="plots/throughput.png"))
     return out
@@ -346,7 +435,8 @@ def build_blocks(report: dict, plot_paths: dict, out_dir: Path | None = None) ->
     meta = f"{report.get('schema', '?')}, qdeploy {report.get('qdeploy_version', '?')}"
     if report.get("machine"):
         meta += f"; measured on {_machine(report['machine'])}"
-    return [Block("h1", title), Block("p", meta), *_verdict(report), *_dataset(report), *_summary(report),
+    return [Block("h1", title), Block("p", meta), *_verdict(report), *_verdicts(report), *_dataset(report), *_summary(report),
+            *_confusion(report),
             *_gates(report), *_plots_section(plot_paths), *_cams(report, out_dir), *_fpga(report, plot_paths), *_device(report, "npu"),
             *_device(report, "gpu"), *_bench(report, plot_paths)]
 
@@ -483,7 +573,7 @@ def print_console_summary(report: dict, console=None) -> None:
 
     console = console or Console(stderr=True)
     t = RichTable(title=f"Parity: {report.get('recipe', '?')}", title_justify="left")
-    for col in ("Model", "Runtime / device", "Precision", "Acc", "F1", "AP", "AUROC", "Recall@op",
+    for col in ("Model", "Runtime / device", "Precision", "Acc @ op (argmax)", "F1", "AP", "AUROC", "Recall@op",
                 "Agree vs ref", "max|d| ref", "Agree vs float"):
         t.add_column(col, justify="left" if col in ("Model", "Runtime / device", "Precision") else "right")
     for key, m in _ordered(report["models"]):
@@ -491,10 +581,12 @@ def print_console_summary(report: dict, console=None) -> None:
         ref, fl = m.get("agreement_reference"), m.get("agreement_float")
         t.add_row(escape(m.get("label", key)), escape(f"{m.get('runtime', '?')} / {m.get('device', '?')}"),
                   escape(m.get("precision", "?")),
-                  _num(met.get("accuracy")), _num(met.get("f1")), _num(met.get("ap")), _num(met.get("auroc")),
-                  _num(met.get("op_recall")), _agree(ref).split(" ")[0], _diff((ref or {}).get("max_abs_diff")),
+                  _beside(m.get("operating_point"), met, "accuracy").replace("argmax ", ""), _num(met.get("f1")),
+                  _num(met.get("ap")), _num(met.get("auroc")), _num(met.get("op_recall")), _agree(ref).split(" ")[0], _diff((ref or {}).get("max_abs_diff")),
                   _agree(fl).split(" ")[0])
     console.print(t)
+    for b in _verdicts(report)[1:]:
+        console.print(escape(b.text))
     gates = report.get("gates") or []
     if not gates:
         console.print("gates: none checked")

@@ -46,6 +46,8 @@ class ModelEntry(_Strict):
     extra: dict[str, Any]
     pixel: Optional[dict[str, Any]] = None  # a localising model: quant.train_seg.pixel_metrics of its map
     map_agreement: Optional[Comparison] = None  # its map against its reference's map
+    # quant.metrics.at_operating_point: the classes decided at the stored threshold (None: no ok class)
+    operating_point: Optional[dict[str, Any]] = None
 
 
 class Gate(_Strict):

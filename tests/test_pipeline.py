@@ -28,12 +28,38 @@ def run(build, *args):
     return main([*args, "--build-dir", str(build), *SMALL])
 
 
+# lines FINN, its SetFolding and qonnx print on their own: they belong in <stage>/tool.log
+FINN_INTERNALS = ("AbsorbScalarBiasIntoMultiThreshold", "Assuming 4D input is NCHW", "SetFolding",
+                  "mvau_wwidth_max", "did not reach the target throughput")
+CONSOLE = {}
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
+    import subprocess
+    import sys
+
     build = tmp_path_factory.mktemp("build")
-    for target in ("fpga", "npu", "gpu"):
+    # the first build in a fresh process, as a user runs it: its whole console (python and
+    # file-descriptor level, the compilers' subprocesses included) is what the user reads
+    done = subprocess.run([sys.executable, "-m", "qdeploy", "build", "--target", "fpga", "--build-dir", str(build),
+                           *SMALL], capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    CONSOLE["fpga"] = done.stdout + done.stderr
+    for target in ("npu", "gpu"):
         assert run(build, "build", "--target", target) == 0
     return build / "default"
+
+
+def test_fpga_build_console_shows_our_steps_not_finn_internals(built):
+    console = CONSOLE["fpga"]
+    leaked = [line for line in console.splitlines() if any(w in line for w in FINN_INTERNALS)]
+    assert not leaked, "FINN's own output reached the console:\n" + "\n".join(leaked[:10])
+    log = built / "fpga" / "tool.log"
+    assert f"tool output: {log}" in console.replace("\n", " ")
+    assert "fpga [1/2] step_lower" in console and "estimated" in console
+    # the compilers did talk: into the stage's log
+    assert "AbsorbScalarBiasIntoMultiThreshold" in log.read_text()
 
 
 def test_every_stage_left_its_artifacts(built):
@@ -188,3 +214,102 @@ def test_npu_twin_is_the_same_on_a_cpu_without_vnni(built, tmp_path):
         a["extra"]["one_step_bound"]
     assert a["metrics"]["accuracy"] == pytest.approx(b["metrics"]["accuracy"], abs=1 / a["metrics"]["n"])
     assert "WARNING (NPU target" in capped_md and "vpmaddubsw" in capped_md
+
+
+def _report(built):
+    if not (built / "report" / "report.json").is_file():
+        assert run(built.parent, "parity") == 0
+    return json.loads((built / "report" / "report.json").read_text())
+
+
+@pytest.mark.parametrize("target", ["fpga", "npu", "gpu", "qat"])
+def test_predict_decides_what_the_parity_report_decided(built, target, tmp_path, capsys):
+    """qdeploy predict on the test images (as files of any size, here the dataset's own PNGs)
+    runs the runner the parity harness ran: the same decision at the operating point for
+    every test image."""
+    import csv
+    from pathlib import Path
+
+    report = _report(built)
+    files = report["dataset"]["test_files"]
+    out = tmp_path / "pred"
+    capsys.readouterr()
+    assert run(built.parent, "predict", "--target", target, "--out", str(out), *files) == 0
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert "its twin on this CPU" in err or target == "qat"
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["file"] for r in rows] == [Path(f).as_posix() for f in files]
+    decided = report["models"][target]["operating_point"]["decisions"]
+    assert [r["decision"] == "defect" for r in rows] == [bool(d) for d in decided]
+    assert all(r["mask_rle"] == "" for r in rows)
+    meta = json.loads((out / "predictions.json").read_text())
+    assert meta["ran_on"] == ("torch" if target == "qat" else "twin")
+    assert meta["threshold"] == report["models"][target]["metrics"]["threshold"]
+    scores = np.array([float(r["defect_score"]) for r in rows])
+    assert ((scores >= meta["threshold"]) == np.array(decided, bool)).all()
+    if target == "qat":  # Grad-CAM overlays of the flagged images
+        assert meta["overlays"] and all((out / o).is_file() for o in meta["overlays"])
+
+
+def test_predict_bad_input_is_one_line(built, tmp_path, capsys):
+    capsys.readouterr()
+    assert run(built.parent, "predict", "--target", "tpu", str(tmp_path)) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("qdeploy: error: unknown --target 'tpu'")
+    assert run(built.parent, "predict", "--target", "fpga", str(tmp_path / "none.png")) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_report_renders_operating_point_confusion_and_verdicts_from_the_real_report(built):
+    """The rendered report, from this real run's report.json: each confusion table cell is
+    the operating-point count with the argmax count beside, and they are the counts of the
+    decisions the report recorded; one plain-words verdict per target."""
+    report = _report(built)
+    md = (built / "report" / "report.md").read_text()
+    for key in ("fpga", "npu", "gpu"):
+        m = report["models"][key]
+        op, am = m["operating_point"]["confusion_matrix"], m["metrics"]["confusion_matrix"]
+        pred = np.array(m["operating_point"]["predicted"])
+        assert sum(map(sum, op)) == len(pred) == report["dataset"]["n_test"]
+        assert [sum(row) for row in op] == [sum(row) for row in am]  # same true classes
+        assert sum(op[i][1] for i in range(2)) == int(pred.sum())  # column "defect" = images flagged
+        section = md.split(f"### {m['label']}: at the operating point, argmax beside")[1].split("###")[0]
+        for i, cls in enumerate(report["dataset"]["classes"]):
+            row = next(line for line in section.splitlines() if line.startswith(f"| **{cls}** |"))
+            cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+            assert cells == [f"{op[i][j]} (argmax {am[i][j]})" for j in range(len(cells))]
+        d = m["operating_point"]["defect"]
+        verdict = next(line for line in md.splitlines() if line.startswith(
+            {"fpga": "FPGA (FINN)", "npu": "Intel NPU (OpenVINO)", "gpu": "NVIDIA GPU (TensorRT)"}[key] + ": the deployed"))
+        assert f"finds {d['tp']} of {d['tp'] + d['fn']} defective parts" in verdict
+        assert "Verdict: deployable" in verdict or "NOT deployable" in verdict
+    assert "bit-exact" in next(line for line in md.splitlines() if line.startswith("FPGA (FINN): the deployed"))
+
+
+def test_readme_results_script_renders_this_runs_json(built, tmp_path):
+    """make readme-results on this fresh build: the tables hold the report's numbers, each
+    with this machine beside it, and the README region is replaced, nothing else."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from core.machine import identity
+    from reference.results_tables import BEGIN, END, extract, machine_label, region, render
+
+    report = _report(built)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# intro\n{BEGIN}\nold numbers\n{END}\ntail\n")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "tools" / "readme_results.py"), "--build", str(built),
+                           "--docs", str(tmp_path / "docs"), "--readme", str(readme)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = readme.read_text()
+    assert text.startswith("# intro\n") and text.endswith(f"{END}\ntail\n") and "old numbers" not in text
+    snap = json.loads((tmp_path / "docs" / "results_snapshot.json").read_text())
+    assert snap == json.loads(json.dumps(extract(report, None)))
+    assert region(text) == render(snap)
+    for key in ("fpga", "npu", "gpu"):
+        m = report["models"][key]
+        row = next(line for line in region(text).splitlines() if line.startswith(f"| {m['label']} |"))
+        assert f"{m['operating_point']['accuracy']:.4f} ({m['metrics']['accuracy']:.4f})" in row
+        assert f"{m['agreement_reference']['argmax_agreement'] * 100:.2f}%" in row
+        assert row.rstrip(" |").endswith(machine_label(identity()))

@@ -61,3 +61,29 @@ def test_recipe_deploys_bit_exact_to_the_fpga_and_reports(name, built):
     if name == "casting":  # the leaking official test split was cleaned, and the report says so
         notes = " ".join(report["dataset"]["notes"])
         assert "byte-identical" in notes and "near-identical" in notes
+
+
+def test_predict_on_the_casting_test_folder_decides_what_the_report_decided(built, datasets_dir, tmp_path):
+    """Acceptance of issue 19: `qdeploy predict` on the shared casting test folder (300x300
+    JPEGs, resized by the recipe) with the fpga, npu and gpu twins: for every test image of
+    the parity report, the CSV's decision is the report's at the operating point. The folder
+    also holds the images dedup removed from the report's test set: they are predicted too."""
+    import csv
+    from pathlib import Path
+
+    root, args = built("casting")
+    for target in ("fpga", "gpu"):
+        assert main(["build", "--target", target, *args]) == 0
+    assert main(["parity", *args]) == 0
+    report = json.loads((root / "report" / "report.json").read_text())
+    folder = datasets_dir / "casting" / "test"
+    for target in ("fpga", "npu", "gpu"):
+        out = tmp_path / target
+        assert main(["predict", "--target", target, "--out", str(out), *args, str(folder)]) == 0
+        rows = {str((folder / r["file"]).resolve()): r for r in csv.DictReader(open(out / "predictions.csv"))}
+        decided = report["models"][target]["operating_point"]["decisions"]
+        files = report["dataset"]["test_files"]
+        assert len(files) == len(decided) and set(files) <= set(rows)
+        wrong = [f for f, d in zip(files, decided) if (rows[f]["decision"] == "defect") != bool(d)]
+        assert not wrong, f"{target}: {len(wrong)} of {len(files)} decisions differ, e.g. {Path(wrong[0]).name}"
+        assert json.loads((out / "predictions.json").read_text())["ran_on"] == "twin"

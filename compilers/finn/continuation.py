@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from core import layout
 from core.atomic import write_text
 from core.errors import UserError
 
@@ -76,7 +77,7 @@ def write_continuation(cfg, model_path: Path) -> Continuation:
     from compilers.finn.steps import dataflow_build_config
 
     out_dir = Path(cfg.out_dir).resolve()
-    vivado_out = out_dir / "vivado"
+    vivado_out = out_dir / layout.FPGA_VIVADO_DIR
     finn_cfg = dataflow_build_config(
         cfg,
         output_dir=str(vivado_out),

@@ -102,7 +102,7 @@ def _print_summary(s: dict) -> None:
     cap, res = s["capacity"], s["resources"]
     use = ", ".join(f"{k} {res.get(k, 0):,.0f}/{cap.get(k, 0):,} ({res.get(k, 0) / cap[k]:.0%})" for k in cap if cap.get(k))
     console.print(f"FPGA {s['part']} @ {s['clock_mhz']:g} MHz: estimated {s['est_fps']:,.0f} fps "
-                  f"(target {s['target_fps']:,.0f}; FINN SetFolding: {s['setfolding']['est_fps']:,.0f} fps, "
+                  f"(target {s['target_fps']:,.0f}; FINN's own folding at that target: {s['setfolding']['est_fps']:,.0f} fps, "
                   f"{s['setfolding']['LUT']:,.0f} LUT) — estimates, not hardware measurements")
     console.print(f"  resources (estimate): {use}; budget {s['budget']:.0%}")
     worst = [p for p in s["stages"] if not p["exact"]]
