@@ -81,15 +81,18 @@ def pick_samples(labels: np.ndarray, logits: np.ndarray, class_index: int, per_c
 
 
 def plot_overlays(pixels: np.ndarray, heat: np.ndarray, samples: list[CamSample], class_names, title: str,
-                  path: Path) -> Path:
-    """One row: each image in gray with its heatmap over it (jet, half transparent)."""
+                  path: Path, truth: np.ndarray | None = None) -> Path:
+    """One row: each image in gray with its heatmap over it (jet, half transparent) and,
+    where given, the ground-truth mask's outline (white)."""
     from reference.plots import _save, plt
 
     n = len(samples)
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.0), squeeze=False)
-    for ax, s, img, hm in zip(axes[0], samples, pixels, heat):
+    for j, (ax, s, img, hm) in enumerate(zip(axes[0], samples, pixels, heat)):
         ax.imshow(img[0], cmap="gray", vmin=0, vmax=255)
         ax.imshow(hm, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        if truth is not None and truth[j].any():
+            ax.contour(truth[j].astype(float), levels=[0.5], colors="white", linewidths=0.8)
         ok = s.predicted == s.label
         ax.set_title(f"#{s.index}: {'' if ok else 'WRONG '}{class_names[s.predicted]}\np={s.confidence:.2f}",
                      fontsize=8, color="black" if ok else "red")
@@ -121,6 +124,32 @@ def write_cam_overlays(model: nn.Module, model_label: str, pixels: np.ndarray, l
     for stale in out_dir.glob("*.png") if out_dir.is_dir() else []:
         if stale.name not in keep:
             stale.unlink()
+    return entries
+
+
+def write_map_overlays(maps: np.ndarray, model_label: str, pixels: np.ndarray, labels: np.ndarray,
+                       logits: np.ndarray, masks: np.ndarray, class_names, ok_index: int | None, out_dir: Path,
+                       prefix: str) -> list[dict]:
+    """A localising model's own defect map (sigmoid of its logit map, upsampled to the image)
+    over the image, the ground-truth outline beside it, for every defect class; returns
+    [{class, file, samples, source}] as write_cam_overlays."""
+    from quant.train_seg import upsample
+
+    out_dir, entries = Path(out_dir), []
+    for k, name in enumerate(class_names):
+        if k == ok_index:
+            continue
+        samples = pick_samples(labels, logits, k)
+        if not samples:
+            continue
+        idx = np.array([s.index for s in samples])
+        heat = 1 / (1 + np.exp(-upsample(maps[idx], pixels.shape[2:])[:, 0]))
+        path = plot_overlays(pixels[idx], heat, samples, class_names,
+                             f"{name}: defect map of {model_label} (white: ground truth)",
+                             out_dir / f"{prefix}_{_slug(name)}.png", truth=masks[idx, 0])
+        entries.append({"class": name, "file": f"cams/{path.name}", "source": model_label,
+                        "samples": [{"index": s.index, "predicted": class_names[s.predicted],
+                                     "confidence": round(s.confidence, 4)} for s in samples]})
     return entries
 
 

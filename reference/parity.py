@@ -110,8 +110,18 @@ def _cam_section(ctx: Inputs, out_dir) -> list[dict]:
     from reference.cams import write_cam_overlays
 
     s = ctx.splits()
-    twin = {t.key: t for t in tw.golden_cache(ctx)}
+    twin = {t.key: t for t in ctx.values.get("report_twins", tw.golden_cache(ctx))}
     key = "qat" if "qat" in twin else "float"
+    if twin[key].maps is not None:  # a localising model: its own maps, the FPGA's from the integer execution
+        from reference.cams import write_map_overlays
+
+        masks, _ = s.test.mask_array()
+        entries = []
+        for k in (key, "fpga"):
+            if k in twin and twin[k].maps is not None:
+                entries += write_map_overlays(twin[k].maps, twin[k].label, ctx.test_pixels(), s.test.labels,
+                                              twin[k].logits, masks, s.class_names, s.ok_index, out_dir / "cams", k)
+        return entries
     model, _ = load_checkpoint(ctx.stage_dir("train") / key)
     return write_cam_overlays(model, twin[key].label, ctx.test_pixels(), s.test.labels, twin[key].logits,
                               s.class_names, s.ok_index, out_dir / "cams")
@@ -122,6 +132,7 @@ def build_report(ctx: Inputs) -> dict:
     twins = list(tw.golden_cache(ctx))
     for t in targets:
         twins += tw.TWINS[t](ctx)
+    ctx.values["report_twins"] = twins
     models = model_entries(ctx, twins)
     report = {**_header(ctx), "targets_built": targets, "models": models, "fpga": _fpga_section(ctx),
               "bench": _bench_section(ctx)}
