@@ -30,7 +30,8 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _no_space(target: Path) -> UserError:
-    return UserError(f"no space left writing {target}: free disk space or choose another output directory")
+    return UserError(f"no space left writing {target}: free disk space on the drive of {target.parent} "
+                     "(under --build-dir) or choose another --build-dir")
 
 
 def _umask() -> int:
