@@ -156,8 +156,9 @@ def _yaml_message(e: yaml.YAMLError) -> str:
 
 def parse_yaml(text: str, source: str):
     """YAML text -> Python data (dicts, lists, scalars); UserError naming `source`."""
-    loader = RecipeLoader(text)
+    loader = None
     try:
+        loader = RecipeLoader(text)  # the reader already refuses non-printable characters
         node = loader.get_single_node()
         if node is None:
             return None
@@ -170,7 +171,8 @@ def parse_yaml(text: str, source: str):
     except (ValueError, TypeError, RecursionError) as e:  # a value the constructor cannot build
         raise UserError(f"{source}: not valid YAML ({type(e).__name__}: {str(e)[:120]})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _decode(raw: bytes, path: Path) -> str:
