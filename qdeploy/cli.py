@@ -33,10 +33,18 @@ def _parse_set(items: list[str]) -> dict:
     return dict(parse_override(item) for item in items)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors end like every other error: one last line `qdeploy: error: ...`, exit 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"qdeploy: error: {one_line(message)}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qdeploy", description=__doc__.split("\n")[0])
+    p = _Parser(prog="qdeploy", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--recipe", help="YAML recipe (default: the embedded default job)")
     common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     common.add_argument("--build-dir", default="build", help="root of all artifacts (default: build)")

@@ -235,3 +235,15 @@ def test_fuzz_the_recipe_loader(tmp_path, capsys, monkeypatch):
 def test_the_recipe_corpus_is_large_enough():
     assert len(CASES) >= 50
     yaml.safe_load(DEFAULT_YAML)  # the fuzz seed is valid YAML
+
+
+@pytest.mark.parametrize("argv", [["train", "--set"], ["build"], ["train", "--frobnicate"], ["deploy"]],
+                         ids=["set-without-value", "build-without-target", "unknown-option", "unknown-command"])
+def test_usage_errors_end_with_one_error_line(argv, tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "qdeploy", *argv], cwd=tmp_path, capture_output=True, text=True,
+                       env={**__import__("os").environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    assert_user_error(p.returncode, p.stderr)
+    assert not any(tmp_path.iterdir())
