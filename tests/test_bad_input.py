@@ -11,11 +11,9 @@ not errors: they must decode to the right gray levels.
 """
 from __future__ import annotations
 
-import csv
 import errno
 import importlib.util
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
