@@ -8,6 +8,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,7 +30,8 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _no_space(target: Path) -> UserError:
-    return UserError(f"no space left writing {target}: free disk space or choose another output directory")
+    return UserError(f"no space left writing {target}: free disk space on the drive of {target.parent} "
+                     "(under --build-dir) or choose another --build-dir")
 
 
 def _umask() -> int:
@@ -132,3 +134,38 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# The names the temporaries above get (tempfile's 8 random characters after ".<target>."):
+# what a killed run (kill -9, power loss) leaves behind, and the next run removes.
+_TEMP_FILE = re.compile(r"^\..+\.[a-z0-9_]{8}(\.[^/]*)?\.tmp$")  # atomic_path
+_TEMP_DIR = re.compile(r"^\..+\.([a-z0-9_]{8}|old)$")  # atomic_dir (and its .old), compilers' mkdtemp
+
+
+def is_stale_temp(path: Path) -> bool:
+    """Whether `path` is named like a temporary of atomic_path / atomic_dir."""
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        return bool(_TEMP_DIR.match(path.name))
+    return bool(_TEMP_FILE.match(path.name))
+
+
+def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
+    """Remove every temporary left under `root` by an interrupted run; returns what was removed.
+    Only call it while no other run writes under `root` (qdeploy.build_dir holds a lock)."""
+    removed: list[Path] = []
+    for top, dirs, files in os.walk(root, onerror=lambda e: None):
+        for name in list(dirs):
+            p = Path(top) / name
+            if is_stale_temp(p):
+                shutil.rmtree(p, ignore_errors=True)
+                dirs.remove(name)
+                removed.append(p)
+        for name in files:
+            p = Path(top) / name
+            if _TEMP_FILE.match(name) and not p.is_symlink():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+    return removed

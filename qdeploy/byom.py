@@ -42,6 +42,30 @@ def read_samples(folder: Path, shape: tuple[int, int, int]) -> np.ndarray:
     return out
 
 
+def input_shape(model, path: Path) -> tuple[int, int, int]:
+    """(C, H, W) of the model's one image input [N, C, H, W] with fixed sizes; UserError otherwise."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if not inputs:
+        raise UserError(f"--model {path} has no graph input: export it with its image input [1, C, H, W]")
+    if len(inputs) > 1:
+        raise UserError(f"--model {path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs[:4])}): "
+                        "qdeploy feeds one image input [1, C, H, W]")
+    t = inputs[0].type.tensor_type
+    if not t.HasField("shape"):
+        raise UserError(f"--model {path}: input {inputs[0].name!r} has no shape: export it with a fixed [1, C, H, W] shape")
+    dims = [d.dim_param if d.HasField("dim_param") or not d.HasField("dim_value") else d.dim_value for d in t.shape.dim]
+    shown = "[" + ", ".join(str(d) if d != "" else "?" for d in dims) + "]"
+    if len(dims) != 4:
+        raise UserError(f"--model {path}: input {inputs[0].name!r} is {shown}, rank {len(dims)}; qdeploy needs an "
+                        "image input [N, C, H, W] (rank 4)")
+    symbolic = [d for d in dims[1:] if not isinstance(d, int) or d <= 0]
+    if symbolic:
+        raise UserError(f"--model {path}: input {inputs[0].name!r} is {shown} with symbolic or unknown sizes: "
+                        "export it with fixed channel, height and width (e.g. [1, 1, 64, 64])")
+    return dims[1], dims[2], dims[3]
+
+
 def build_own_model(ctx: Context, target: str, model_path: Path, samples: str | None) -> None:
     from compilers.finn.flow import load_qonnx, lower
     from compilers.finn.folding import fold
@@ -50,6 +74,8 @@ def build_own_model(ctx: Context, target: str, model_path: Path, samples: str | 
     if target != "fpga":
         raise UserError(f"--model (bring your own QONNX) is supported for --target fpga; for {target}, "
                         "train through a recipe")
+    if model_path.is_dir():
+        raise UserError(f"--model {model_path} is a directory: give the .onnx file")
     if not model_path.is_file():
         raise UserError(f"--model {model_path} not found")
     if samples is None:
@@ -57,7 +83,7 @@ def build_own_model(ctx: Context, target: str, model_path: Path, samples: str | 
     r = ctx.recipe.fpga
     part = get_part(r.part)
     model = load_qonnx(model_path)
-    shape = tuple(model.get_tensor_shape(model.graph.input[0].name))[1:]
+    shape = input_shape(model, model_path)
     pixels = read_samples(Path(samples), shape)
     out = ctx.build_dir / "fpga-byom" / model_path.name.split(".")[0]
     result = lower(model_path, out, part, r.clock_mhz, r.target_fps, r.budget, samples_uint8=pixels,

@@ -1,5 +1,6 @@
 """`qdeploy` command line: a thin layer over the library.
 
+    qdeploy check  [--recipe R] [--set key=value ...]   (validate recipe and dataset, write nothing)
     qdeploy train  [--recipe R] [--set key=value ...]
     qdeploy export [--recipe R]
     qdeploy build  --target fpga|npu|gpu [--recipe R] [--model their.onnx --samples DIR]
@@ -19,33 +20,38 @@ import sys
 import threading
 from pathlib import Path
 
-import yaml
-
 from core.errors import UserError
 from core.layout import TOOL_LOG
 from core.targets import NAMES
+from qdeploy.build_dir import build_lock, check_build_dir
 
-_MACHINE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+_MACHINE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ELOOP, errno.ENAMETOOLONG,
+                   errno.EIO)
 
 
 def _parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--set {item!r}: expected key=value, e.g. --set model.weight_bits=3")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    from qdeploy.recipe_load import parse_override
+
+    return dict(parse_override(item) for item in items)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors end like every other error: one last line `qdeploy: error: ...`, exit 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"qdeploy: error: {one_line(message)}\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qdeploy", description=__doc__.split("\n")[0])
+    p = _Parser(prog="qdeploy", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--recipe", help="YAML recipe (default: the embedded default job)")
     common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key")
     common.add_argument("--build-dir", default="build", help="root of all artifacts (default: build)")
     common.add_argument("--force", action="store_true", help="rerun the last stage even when up to date")
+    sub.add_parser("check", parents=[common], help="validate the recipe and the dataset files; writes nothing")
     sub.add_parser("train", parents=[common], help="float pre-training then QAT; prints both metrics")
     sub.add_parser("export", parents=[common], help="export the QAT model to QONNX and check it")
     b = sub.add_parser("build", parents=[common], help="build a target artifact")
@@ -69,7 +75,20 @@ def run(argv: list[str] | None = None) -> int:
     from qdeploy.steps import Context
 
     recipe = load_recipe(args.recipe, _parse_set(args.set))
-    ctx = Context(recipe=recipe, build_dir=Path(args.build_dir) / recipe.name)
+    root = Path(args.build_dir)
+    _state["build_root"] = root
+    ctx = Context(recipe=recipe, build_dir=check_build_dir(root, recipe.name))
+    if args.command == "check":
+        from qdeploy.check import check
+
+        check(ctx)
+        return 0
+    with build_lock(root):
+        _command(args, ctx)
+    return 0
+
+
+def _command(args, ctx) -> None:
     if args.command == "train" and _launched_by_torchrun():
         _train_distributed(ctx, args.force)
     elif args.command in ("train", "export"):
@@ -166,6 +185,32 @@ def _run_harness(ctx, args) -> None:
     return 0
 
 
+_state: dict = {}  # what the error handler needs to blame the right input
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character escaped (a file name with a newline stays on the line)."""
+    return "".join(repr(c)[1:-1] if (not c.isprintable() and c != " ") else c for c in text)
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError of the machine, blamed on what it concerns: the build dir, or an input."""
+    name = e.filename or "output"
+    root = _state.get("build_root")
+    inside = False
+    if e.filename and root is not None:
+        try:
+            inside = Path(os.path.abspath(e.filename)).is_relative_to(Path(os.path.abspath(root)))
+        except (OSError, ValueError):
+            inside = False
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f"free disk space on the drive of --build-dir {root}" if inside or root is None else "free disk space"
+        return f"{e.strerror}: {name}: {where} or choose another --build-dir"
+    if inside or e.filename is None:
+        return f"{e.strerror}: {name}: fix its permissions or choose another --build-dir"
+    return f"{e.strerror}: {name}: an input of this run (not under --build-dir {root}): check the path and its permissions"
+
+
 class _Terminated(BaseException):
     """SIGTERM (CI cancel, `timeout`, `docker stop`) or SIGHUP, raised in the main thread."""
 
@@ -195,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qdeploy: stopped by {name}; finished stages are kept, rerun to resume", file=sys.stderr)
         return 128 + e.signum
     except UserError as e:
-        print(f"qdeploy: error: {e}", file=sys.stderr)
+        print(f"qdeploy: error: {one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("qdeploy: interrupted; finished stages are kept, rerun to resume", file=sys.stderr)
@@ -203,11 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # the machine, not a bug: no permission, read-only or full disk
         if e.errno not in _MACHINE_ERRNOS:
             raise
-        hint = ("free disk space or choose another --build-dir" if e.errno in (errno.ENOSPC, errno.EDQUOT)
-                else "fix its permissions or choose another --build-dir")
-        print(f"qdeploy: error: {e.strerror}: {e.filename or 'output'}: {hint}", file=sys.stderr)
+        print(f"qdeploy: error: {one_line(_os_error(e))}", file=sys.stderr)
         return UserError.exit_code
     finally:
+        _state.clear()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -6,6 +6,7 @@ the operating threshold and the metrics; the .pt holds tensors only and is loade
 """
 from __future__ import annotations
 
+import errno
 import json
 import pickle
 import re
@@ -17,13 +18,28 @@ from core.atomic import atomic_path, write_json
 from core.errors import UserError
 
 
+# what torch.save's stream writer says when the OS refuses a write (a full disk or quota)
+_WRITE_FAILED = ("file write failed", "unexpected pos", "PytorchStreamWriter failed")
+
+
+def save_tensors(obj, tmp: Path, target: Path) -> None:
+    """torch.save, with a failed write (torch raises RuntimeError) reported as the OSError it is,
+    so core.atomic names the full disk instead of a traceback."""
+    try:
+        torch.save(obj, tmp)
+    except RuntimeError as e:
+        if any(s in str(e) for s in _WRITE_FAILED):
+            raise OSError(errno.ENOSPC, "No space left on device (torch.save could not write)", str(target)) from None
+        raise
+
+
 def save_checkpoint(stem: str | Path, model: torch.nn.Module, meta: dict) -> Path:
     """meta must hold "model": the create_model keyword arguments."""
     stem = Path(stem)
     if "model" not in meta:
         raise ValueError("checkpoint meta needs the 'model' create_model arguments")
     with atomic_path(stem.with_suffix(".pt")) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+        save_tensors({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp, stem.with_suffix(".pt"))
     write_json(stem.with_suffix(".json"), meta)
     return stem
 

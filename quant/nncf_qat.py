@@ -280,8 +280,10 @@ def save_nncf_checkpoint(path: str | Path, qmodel: nn.Module, meta: dict) -> Pat
         "meta": json.dumps(meta),
         "state_dict": {k: v.detach().cpu().clone() for k, v in qmodel.state_dict().items()},
     }
+    from quant.checkpoint import save_tensors
+
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        save_tensors(payload, tmp, Path(path))
     return Path(path)
 
 

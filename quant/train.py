@@ -158,6 +158,11 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen, ti
         loss = criterion(torch.as_tensor(logits), target)
         if shard is not None:  # DDP averages over ranks: weighted, that is the global batch's mean
             loss = loss * distributed.loss_weight(shard.current, len(target))
+        if not torch.isfinite(loss):  # diverged: no later step recovers, and NaN weights must not be saved
+            from core.errors import UserError
+
+            raise UserError(f"training diverged: the loss is {float(loss)} at learning rate {scheduler.get_last_lr()[0]:.3g} "
+                            "(weights or inputs overflowed): lower train.lr (train.qat_lr for QAT), or change train.loss")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

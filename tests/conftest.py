@@ -50,3 +50,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """One tiny train stage for every bad-input case that needs a model (copy it before changing it)."""
+    from corpus import RECIPE, TINY
+
+    from qdeploy.cli import main
+
+    build = tmp_path_factory.mktemp("trained") / "build"
+    assert main(["train", "--build-dir", str(build), *TINY]) == 0
+    assert (build / RECIPE / "train" / "stage.json").is_file()
+    return build

@@ -11,11 +11,9 @@ not errors: they must decode to the right gray levels.
 """
 from __future__ import annotations
 
-import csv
 import errno
 import importlib.util
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,49 +25,10 @@ from PIL import Image
 
 from qdeploy.cli import main
 
-TINY = ["--set", "dataset.size=[32, 32]", "--set", "dataset.num_images=200", "--set", "model.width=0.25",
-        "--set", "train.float_epochs=1", "--set", "train.qat_epochs=1"]
-RECIPE = "default"  # build/<recipe>/<stage>
+from corpus import RECIPE, TINY, assert_user_error, copy_of, debris, folder_dataset, noise_png, run, severstal  # noqa: F401
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def run(capsys, *argv: str) -> tuple[int, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    return code, capsys.readouterr().err
-
-
-def debris(root: Path) -> list[Path]:
-    """Atomic writes leave hidden temp files/dirs (`.<name>.<random>[.tmp]`, `.<name>.old`)."""
-    return sorted(p for p in root.rglob(".*"))
-
-
-def assert_user_error(code: int, err: str, phrases: tuple[str, ...]) -> str:
-    assert "Traceback" not in err, err
-    assert code == 2, f"exit {code}\n{err}"
-    lines = err.rstrip("\n").splitlines()
-    errors = [line for line in lines if line.startswith("qdeploy: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], f"expected one last 'qdeploy: error:' line:\n{err[-2000:]}"
-    for phrase in phrases:
-        assert phrase.lower() in errors[0].lower(), f"{phrase!r} not in: {errors[0]}"
-    return errors[0]
-
-
-def noise_png(path: Path, rng, shape=(32, 32)) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(30, 220, shape, dtype=np.uint8)).save(path)
-    return path
-
-
-def folder_dataset(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for cls, n in counts.items():
-        (root / cls).mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            noise_png(root / cls / f"{cls}_{i:03d}.png", rng)
-    return root
 
 
 def with_bad_file(tmp: Path, write: Callable[[Path], None], name: str = "defect/broken.png") -> Path:
@@ -96,34 +55,10 @@ def _multipage_tiff(path: Path) -> None:
     frames[0].save(path, format="TIFF", save_all=True, append_images=frames[1:])
 
 
-def severstal(root: Path, rows: list[tuple[str, int, str]]) -> Path:
-    rng = np.random.default_rng(3)
-    (root / "train_images").mkdir(parents=True)
-    for i in range(12):
-        Image.fromarray(rng.integers(0, 255, (32, 64), dtype=np.uint8)).save(root / "train_images" / f"img{i:02d}.jpg")
-    with open(root / "train.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["ImageId", "ClassId", "EncodedPixels"])
-        w.writerows(rows)
-    return root
-
-
 # ---------------------------------------------------------------------------- the shared trained build
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
-    """One tiny train stage for every case that needs a model (copy it before changing it)."""
-    build = tmp_path_factory.mktemp("trained") / "build"
-    assert main(["train", "--build-dir", str(build), *TINY]) == 0
-    assert (build / RECIPE / "train" / "stage.json").is_file()
-    return build
-
-
-def copy_of(trained: Path, tmp: Path) -> Path:
-    dst = tmp / "build"
-    shutil.copytree(trained, dst)
-    return dst
+# the session fixture `trained` (one tiny train stage) is in conftest.py
 
 
 # ---------------------------------------------------------------------------- the corpus
@@ -146,7 +81,22 @@ def _train_on(root: Path, tmp: Path, *extra: str, kind: str = "folder") -> Setup
 def _checkpoint(tmp: Path, trained: Path, write: Callable[[Path], None]) -> Setup:
     build = copy_of(trained, tmp)
     write(build / RECIPE / "train" / "qat.pt")  # qat.json stays: export reads it, then the weights
+    _rerecord(build / RECIPE / "train")
     return Setup(["export", *TINY], build, "export", ("export/model.qonnx.onnx", "export/check.json"))
+
+
+def _rerecord(stage_dir: Path) -> None:
+    """Record the stage's current files in its stage.json, as if the stage had written the bad
+    checkpoint itself: otherwise the changed file makes the stage run again (tests/test_bad_artifacts.py)
+    and export never reads it."""
+    import json
+
+    from qdeploy.steps import stage_outputs
+
+    marker = stage_dir / "stage.json"
+    data = json.loads(marker.read_text())
+    data["outputs"] = stage_outputs(stage_dir)
+    marker.write_text(json.dumps(data))
 
 
 def _other_architecture(path: Path) -> None:

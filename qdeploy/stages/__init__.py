@@ -44,5 +44,7 @@ def run_plan(ctx: Context, command: str, force: bool = False) -> None:
     for stage in reversed(stages):
         for check in preflight_of(stage):
             check(ctx)
+    upstream_ran = False  # a stage that ran feeds new artifacts to the stages after it: they run again
     for stage in stages:
-        run_stage(ctx, stage, steps_of(stage), step_digests(ctx.recipe, stage), force=force and stage == stages[-1])
+        upstream_ran |= run_stage(ctx, stage, steps_of(stage), step_digests(ctx.recipe, stage),
+                                  force=upstream_ran or (force and stage == stages[-1]))

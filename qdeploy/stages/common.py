@@ -3,6 +3,7 @@ the trained checkpoints. Cached in the build context so each is loaded once."""
 from __future__ import annotations
 
 import numpy as np
+from rich.markup import escape
 
 from core.console import console
 from qdeploy.steps import Context
@@ -13,10 +14,10 @@ def splits(ctx: Context):
 
         r = ctx.recipe
         s = ctx.values["splits"] = load_splits(r.dataset, r.seed, ctx.layout.data_cache)
-        console.print(f"data: {r.dataset.kind} {'x'.join(map(str, r.dataset.size))}, classes {list(s.class_names)}, "
-                      f"train/val/test {len(s.train)}/{len(s.val)}/{len(s.test)}")
-        for note in s.notes:
-            console.print(f"[yellow]data: {note}[/yellow]")
+        console.print(escape(f"data: {r.dataset.kind} {'x'.join(map(str, r.dataset.size))}, classes {list(s.class_names)}, "
+                             f"train/val/test {len(s.train)}/{len(s.val)}/{len(s.test)}"))
+        for note in s.notes:  # file names in notes are text, never rich markup
+            console.print(f"[yellow]data: {escape(note)}[/yellow]")
     return ctx.values["splits"]
 
 

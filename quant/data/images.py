@@ -21,6 +21,7 @@ Geometry to the model size (h, w):
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -45,12 +46,12 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _open(path: str | os.PathLike) -> Image.Image:
+def _open(path: str | os.PathLike, data: bytes | None = None) -> Image.Image:
     path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        if (len(data) if data is not None else path.stat().st_size) == 0:
             raise UserError(f"{path} is empty (0 bytes): delete it or replace it with the original image")
-        im = Image.open(path)
+        im = Image.open(path if data is None else io.BytesIO(data))
         frames = getattr(im, "n_frames", 1)
     except FileNotFoundError:
         raise UserError(f"{path} not found: the dataset changed while loading; check dataset.path and rerun") from None
@@ -117,10 +118,12 @@ def _to_gray(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB").convert("L"), dtype=np.uint8)
 
 
-def read_gray(path: str | os.PathLike) -> np.ndarray:
-    """Decode one image file to uint8 grayscale [H, W]."""
-    im = _open(path)
+def read_gray(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
+    """Decode one image file (or its bytes `data`, already read) to uint8 grayscale [H, W]."""
+    im = _open(path, data)
     try:
+        if data is not None and im.format == "PNG" and b"IEND" not in data[-PNG_TAIL:]:
+            raise UserError(f"{path} is truncated (the PNG has no end chunk): delete it or replace it with the original image")
         im.load()
         return _to_gray(im)
     except (OSError, SyntaxError, EOFError) as e:

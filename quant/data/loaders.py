@@ -29,6 +29,7 @@ mask, or a single tile covering the whole image, keeps the image's class.
 from __future__ import annotations
 
 import csv
+import errno
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -107,13 +108,31 @@ class Listing:
     notes: list[str] = field(default_factory=list)
 
 
+def _entries(directory: Path) -> list[os.DirEntry]:
+    """The entries of a dataset folder; an unreadable folder or a symlink loop is a UserError."""
+    try:
+        with os.scandir(directory) as it:
+            entries = list(it)
+        for e in entries:
+            if e.is_symlink():
+                try:
+                    os.stat(e.path)
+                except OSError as err:
+                    if err.errno == errno.ELOOP:
+                        raise UserError(f"{e.path} is a symlink loop (it leads back to itself): remove the link "
+                                        "or point it at a file") from None
+        return entries
+    except OSError as e:
+        raise UserError(f"cannot read the dataset folder {directory} ({e.strerror}): fix its permissions; it is an "
+                        "input (dataset.path), not an output") from None
+
+
 def _images_in(directory: Path, notes: list[str]) -> list[Path]:
     images, other = [], []
-    with os.scandir(directory) as entries:  # DirEntry.is_file() needs no extra stat
-        for e in entries:
-            if not e.name.startswith("."):
-                is_image = e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-                (images if is_image else other).append(Path(e.path))
+    for e in _entries(directory):  # DirEntry.is_file() needs no extra stat
+        if not e.name.startswith("."):
+            is_image = e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+            (images if is_image else other).append(Path(e.path))
     images.sort()
     other.sort()
     if other:
@@ -136,14 +155,26 @@ def _check_classes(root: Path, counts: dict[str, int]) -> None:
         raise UserError(f"{root} has only one class folder ({next(iter(counts))}): a classifier needs at least two, e.g. ok and defect")
 
 
+def _no_case_clash(root: Path, names: list[str]) -> None:
+    """ok/ and OK/ are one folder on macOS and Windows, and here one of them would not be ok."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            raise UserError(f"{root}: class folders {other!r} and {name!r} differ only in case (one class on "
+                            "case-insensitive file systems, two labels here): merge them or rename one")
+
+
 def _class_folders(root: Path, split: str | None, notes: list[str]) -> tuple[list[Record], dict[str, int]]:
     _require_dir(root, "class-per-folder")
     mask_root = root / MASKS_DIR
     if _images_and_masks_layout(root):  # <root>/images/<class>/x + <root>/masks/<class>/x (magnetic tile)
         notes.append(f"{root}: images/<class> with masks/<class> (masks attached to their images)")
         root = root / IMAGES_DIR
-    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != MASKS_DIR)
-    stray = [p for p in root.iterdir() if is_image_file(p)]
+    entries = [Path(e.path) for e in _entries(root)]
+    dirs = sorted(p for p in entries if p.is_dir() and not p.name.startswith(".") and p.name != MASKS_DIR)
+    _no_case_clash(root, [d.name for d in dirs])
+    stray = [p for p in entries if is_image_file(p)]
     if stray and not dirs:
         raise UserError(f"{root} holds images directly: put them in one folder per class, <root>/<class>/{stray[0].name}")
     if stray:
@@ -156,7 +187,7 @@ def _class_folders(root: Path, split: str | None, notes: list[str]) -> tuple[lis
         masks = {}
         mask_dir = mask_root / d.name
         if mask_dir.is_dir():
-            masks = {p.stem: p for p in mask_dir.iterdir() if is_image_file(p)}
+            masks = {p.stem: p for p in (Path(e.path) for e in _entries(mask_dir)) if is_image_file(p)}
         for p in images:
             m = masks.get(p.stem)
             records.append(Record(str(p), d.name, p.relative_to(base).as_posix(), split, MaskRef(path=str(m)) if m else None))
@@ -210,14 +241,24 @@ def list_kolektor(root: Path) -> Listing:
 
 def _severstal_rows(csv_path: Path) -> dict[str, dict[int, tuple[str, int]]]:
     """ImageId -> {ClassId: (EncodedPixels, csv line)}."""
+    try:
+        return _read_severstal_csv(csv_path)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{csv_path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}): "
+                        "save it as UTF-8") from None
+    except csv.Error as e:
+        raise UserError(f"{csv_path}: not a readable CSV file ({e}): fix or regenerate it") from None
+
+
+def _read_severstal_csv(csv_path: Path) -> dict[str, dict[int, tuple[str, int]]]:
     rows: dict[str, dict[int, tuple[str, int]]] = {}
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel's UTF-8) is not a column name
         reader = csv.DictReader(f)
         fields = set(reader.fieldnames or ())
         if {"ImageId", "ClassId", "EncodedPixels"} <= fields:
             split_id = lambda row: (row["ImageId"], row["ClassId"])  # noqa: E731
         elif {"ImageId_ClassId", "EncodedPixels"} <= fields:
-            split_id = lambda row: tuple(row["ImageId_ClassId"].rsplit("_", 1))  # noqa: E731
+            split_id = lambda row: tuple((row["ImageId_ClassId"] or "").rsplit("_", 1))  # noqa: E731
         else:
             raise UserError(f"{csv_path}: expected columns ImageId,ClassId,EncodedPixels (found {','.join(reader.fieldnames or ())})")
         for row in reader:
@@ -227,8 +268,10 @@ def _severstal_rows(csv_path: Path) -> dict[str, dict[int, tuple[str, int]]]:
                 raise UserError(f"{csv_path} line {line}: cannot read the image id and class id: fix or delete the row")
             image_id, class_id = ids
             try:
+                if not (class_id or "").strip().isascii():
+                    raise ValueError
                 cid = int(class_id)
-            except ValueError:
+            except (ValueError, TypeError):
                 raise UserError(f"{csv_path} line {line}: ClassId {class_id!r} is not an integer: fix or delete the row") from None
             rle = (row["EncodedPixels"] or "").strip()
             if not rle:
@@ -304,6 +347,8 @@ def list_mvtec(root: Path) -> Listing:
 def list_dataset(kind: str, root: Path, ok_classes: tuple[str, ...] = ("ok",)) -> Listing:
     """The listing for dataset.kind (synthetic datasets are folder datasets once generated)."""
     root = Path(root)
+    if root.is_symlink() and not root.exists():
+        raise UserError(f"dataset.path {root} is a broken symlink or a symlink loop: check the path")
     if not root.is_dir():
         raise UserError(f"dataset.path {root} is not a directory: check the path (relative paths start at the current directory)")
     if kind in ("folder", "synthetic"):

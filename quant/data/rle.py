@@ -8,9 +8,14 @@ any order, `rle_encode` writes them ascending.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from core.errors import UserError
+
+MAX_DIGITS = 12  # a pixel index of a 10^12-pixel image: beyond any real mask
+_NUMBER = re.compile(rf"^[-+]?[0-9]{{1,{MAX_DIGITS}}}$", re.ASCII)
 
 
 def parse_rle(rle: str, num_pixels: int, where: str = "RLE") -> tuple[np.ndarray, np.ndarray]:
@@ -18,11 +23,13 @@ def parse_rle(rle: str, num_pixels: int, where: str = "RLE") -> tuple[np.ndarray
     tokens = rle.split()
     if len(tokens) % 2:
         raise UserError(f"{where}: malformed RLE, odd number of values ({len(tokens)}); expected 'start length' pairs: fix or delete it")
-    try:
-        values = np.array([int(t) for t in tokens], dtype=np.int64)
-    except ValueError:
-        bad = next(t for t in tokens if not t.lstrip("+-").isdigit())
-        raise UserError(f"{where}: malformed RLE, {bad!r} is not an integer: fix or delete it") from None
+    # ASCII digits only (int() would also read '１２' or '٣'), and at most MAX_DIGITS of them
+    bad = next((t for t in tokens if not _NUMBER.match(t)), None)
+    if bad is not None:
+        shown = repr(bad if len(bad) <= 24 else bad[:20] + "...")
+        what = f"a number of {len(bad)} digits" if bad.isascii() and bad.isdigit() else "not an integer (ASCII digits)"
+        raise UserError(f"{where}: malformed RLE, {shown} is {what}: fix or delete it")
+    values = np.array([int(t) for t in tokens], dtype=np.int64)
     starts, lengths = values[0::2], values[1::2]
     if starts.size == 0:
         return starts, lengths

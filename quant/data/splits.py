@@ -28,10 +28,10 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from core.errors import UserError
-from quant.data.dedup import NEAR_DUP_NCC, THUMB, duplicate_groups, file_hashes, near_duplicates
-from quant.data.images import image_sizes
+from quant.data.dedup import NEAR_DUP_NCC, THUMB, duplicate_groups, near_duplicates
 from quant.data.imageset import ImageSet
 from quant.data.loaders import Listing, MaskSource, Record, assign_classes, list_dataset, tile_records
+from quant.data.validate import scan
 
 SPLITS = ("train", "val", "test")
 _SHOWN = 5  # file names quoted per note
@@ -199,8 +199,9 @@ def load_splits(cfg, seed: int, cache_dir: Path) -> Splits:
         raise UserError(f"dataset.use_official_test is set, but {listing.no_official_test}: set dataset.use_official_test: false")
     labels = np.array([label_of[r.cls] for r in records], dtype=np.int64)
 
-    sizes = image_sizes([r.path for r in records])  # also: every file is a readable image
-    hashes = file_hashes(r.path for r in records)
+    checked = scan(records)  # every file opened once: decoded, hashed, masks against their images
+    sizes, hashes = checked.sizes, checked.hashes
+    notes.append(checked.note)
     _duplicate_notes(records, hashes, label_of, notes)
     official = cfg.use_official_test
     groups = [(r.split if official else None, hashes[r.path] if cfg.dedup else r.path) for r in records]
