@@ -266,9 +266,8 @@ def fpga(ctx: Inputs) -> list[Twin]:
     m = fpga_runner(ctx)
     maps = None
     if m.run_maps is not None and qat.maps is not None:
-        logits, flat = m.run_maps(pixels)
-        maps = flat.reshape(qat.maps.shape)
-        outputs, reference = [logits, flat], [qat.logits, qat.maps]
+        logits, maps = m.run_maps(pixels)
+        outputs, reference = [logits, maps.reshape(len(maps), -1)], [qat.logits, qat.maps]
     else:
         logits = m.run(pixels)
         outputs, reference = [logits], qat.logits
@@ -307,9 +306,13 @@ def fpga_runner(ctx: Inputs) -> ModelRunner:
         pynq = PynqRunner(deploy)
         return ModelRunner("fpga", "FPGA target: FINN dataflow on the board", pynq.predict, thr, classes, ok,
                            "pynq", pynq.device, precision, True, {"artifact": str(deploy)})
-    def run_maps(px):
-        logits, *rest = run_outputs(stages[-1], px)
-        return (logits, rest[0]) if rest else (logits, None)
+    def run_maps(px):  # the map output reshaped as the parent graph declares it: [N, 1, h, w]
+        from qonnx.core.modelwrapper import ModelWrapper
+
+        logits, flat = run_outputs(stages[-1], px)[:2]
+        parent = ModelWrapper(str(stages[-1].parent_path))
+        shape = parent.get_tensor_shape(parent.graph.output[1].name)
+        return logits, flat.reshape(len(px), *shape[1:])
 
     return ModelRunner("fpga", "FPGA target: FINN dataflow (python execution)", lambda px: run_stage(stages[-1], px),
                        thr, classes, ok, "finn python exec", "cpu (bit-accurate model of the FPGA)", precision, False,
