@@ -63,8 +63,8 @@ readme-results: $(STAMP)
 	$(PY) tools/readme_results.py --build build/$(or $(basename $(notdir $(recipe))),default)
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow and not bench" -q --durations=15 --ignore=tests/test_pipeline.py
-	$(PY) -m pytest -m "not slow and not bench" -q --durations=5 tests/test_pipeline.py
+	$(PY) -m pytest -m "not slow and not bench" -q --durations=15 --ignore=tests/test_pipeline.py --ignore=tests/test_segdec_pipeline.py
+	$(PY) -m pytest -m "not slow and not bench" -q --durations=5 tests/test_pipeline.py tests/test_segdec_pipeline.py
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m "slow" -q --durations=15
