@@ -102,10 +102,9 @@ def plot_overlays(pixels: np.ndarray, heat: np.ndarray, samples: list[CamSample]
     return _save(fig, path)
 
 
-def write_cam_overlays(model: nn.Module, model_label: str, pixels: np.ndarray, labels: np.ndarray,
-                       logits: np.ndarray, class_names, ok_index: int | None, out_dir: Path) -> list[dict]:
-    """Overlays for every defect class into out_dir; returns [{class, file, samples}] for the report."""
-    out_dir = Path(out_dir)
+def _per_defect_class(labels, logits, class_names, ok_index, draw) -> list[dict]:
+    """For every defect class with test images: draw(class index, name, image indices,
+    samples) -> (png path, extra entry keys); returns [{class, file, samples, ...}]."""
     entries = []
     for k, name in enumerate(class_names):
         if k == ok_index:
@@ -113,13 +112,24 @@ def write_cam_overlays(model: nn.Module, model_label: str, pixels: np.ndarray, l
         samples = pick_samples(labels, logits, k)
         if not samples:
             continue
-        idx = np.array([s.index for s in samples])
-        heat = grad_cam(model, pixels[idx], np.full(len(idx), k))
-        path = plot_overlays(pixels[idx], heat, samples, class_names,
-                             f"{name}: Grad-CAM of {model_label} for class '{name}'", out_dir / f"{_slug(name)}.png")
-        entries.append({"class": name, "file": f"cams/{path.name}",
+        path, extra = draw(k, name, np.array([s.index for s in samples]), samples)
+        entries.append({"class": name, "file": f"cams/{path.name}", **extra,
                         "samples": [{"index": s.index, "predicted": class_names[s.predicted],
                                      "confidence": round(s.confidence, 4)} for s in samples]})
+    return entries
+
+
+def write_cam_overlays(model: nn.Module, model_label: str, pixels: np.ndarray, labels: np.ndarray,
+                       logits: np.ndarray, class_names, ok_index: int | None, out_dir: Path) -> list[dict]:
+    """Overlays for every defect class into out_dir; returns [{class, file, samples}] for the report."""
+    out_dir = Path(out_dir)
+
+    def draw(k, name, idx, samples):
+        heat = grad_cam(model, pixels[idx], np.full(len(idx), k))
+        return plot_overlays(pixels[idx], heat, samples, class_names,
+                             f"{name}: Grad-CAM of {model_label} for class '{name}'", out_dir / f"{_slug(name)}.png"), {}
+
+    entries = _per_defect_class(labels, logits, class_names, ok_index, draw)
     keep = {Path(e["file"]).name for e in entries}
     for stale in out_dir.glob("*.png") if out_dir.is_dir() else []:
         if stale.name not in keep:
@@ -135,22 +145,13 @@ def write_map_overlays(maps: np.ndarray, model_label: str, pixels: np.ndarray, l
     [{class, file, samples, source}] as write_cam_overlays."""
     from quant.train_seg import upsample
 
-    out_dir, entries = Path(out_dir), []
-    for k, name in enumerate(class_names):
-        if k == ok_index:
-            continue
-        samples = pick_samples(labels, logits, k)
-        if not samples:
-            continue
-        idx = np.array([s.index for s in samples])
+    def draw(k, name, idx, samples):
         heat = 1 / (1 + np.exp(-upsample(maps[idx], pixels.shape[2:])[:, 0]))
-        path = plot_overlays(pixels[idx], heat, samples, class_names,
+        return plot_overlays(pixels[idx], heat, samples, class_names,
                              f"{name}: defect map of {model_label} (white: ground truth)",
-                             out_dir / f"{prefix}_{_slug(name)}.png", truth=masks[idx, 0])
-        entries.append({"class": name, "file": f"cams/{path.name}", "source": model_label,
-                        "samples": [{"index": s.index, "predicted": class_names[s.predicted],
-                                     "confidence": round(s.confidence, 4)} for s in samples]})
-    return entries
+                             Path(out_dir) / f"{prefix}_{_slug(name)}.png", truth=masks[idx, 0]), {"source": model_label}
+
+    return _per_defect_class(labels, logits, class_names, ok_index, draw)
 
 
 def _slug(name: str) -> str:
