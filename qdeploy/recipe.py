@@ -99,7 +99,8 @@ class TrainConfig(_Section):
     batch_size: int = Field(64, ge=1, le=4096)
     lr: float = Field(3e-3, gt=0, le=1)  # peak rate of float training (AdamW, warm-up then cosine)
     qat_lr: Optional[float] = Field(None, gt=0, le=1)  # peak rate of QAT fine-tuning; None: lr / 2
-    qat_freeze_bn_after: Optional[int] = Field(None, ge=0, le=MAX_EPOCHS)  # QAT epochs before BatchNorm statistics freeze; None: never
+    # QAT epochs (steps, for the step-budget segmentation models) before BatchNorm statistics freeze; None: never
+    qat_freeze_bn_after: Optional[int] = Field(None, ge=0, le=1_000_000)
     weight_decay: float = Field(1e-4, ge=0, le=1)
     loss: Literal["ce", "focal", "class_balanced"] = "ce"
     sampler: Literal["shuffle", "weighted"] = "weighted"

@@ -89,7 +89,9 @@ def step_train_qat(ctx: Context):
     if segmentation(ctx):
         from quant.train_seg import fit_segdec
 
-        hist = fit_segdec(model, splits(ctx), r.train, r.train.qat_steps, qat_lr(r.train), r.seed + 1, label)
+        freeze = r.train.qat_freeze_bn_after  # in steps for a step-budget model
+        hist = fit_segdec(model, splits(ctx), r.train, r.train.qat_steps, qat_lr(r.train), r.seed + 1, label,
+                          freeze_bn_from=None if freeze is None else freeze / r.train.qat_steps)
     else:
         hist = fit(model, splits(ctx), r.train, r.train.qat_epochs, qat_lr(r.train), r.seed + 1, label,
                    freeze_bn_from=r.train.qat_freeze_bn_after)
