@@ -146,15 +146,18 @@ def resize(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(gray).resize((w, h), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
-def letterbox(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _letterbox_place(src: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a src-shaped image scaled into `size`, aspect kept, centred."""
     h, w = size
-    src_h, src_w = gray.shape
-    scale = min(h / src_h, w / src_w)
-    new_h = min(h, max(1, round(src_h * scale)))
-    new_w = min(w, max(1, round(src_w * scale)))
+    scale = min(h / src[0], w / src[1])
+    new_h, new_w = min(h, max(1, round(src[0] * scale))), min(w, max(1, round(src[1] * scale)))
+    return (h - new_h) // 2, (w - new_w) // 2, new_h, new_w
+
+
+def letterbox(gray: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    top, left, new_h, new_w = _letterbox_place(gray.shape, size)
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    out = np.full((h, w), int(np.rint(border.mean())), dtype=np.uint8)
-    top, left = (h - new_h) // 2, (w - new_w) // 2
+    out = np.full(size, int(np.rint(border.mean())), dtype=np.uint8)
     out[top : top + new_h, left : left + new_w] = resize(gray, (new_h, new_w))
     return out
 
@@ -167,12 +170,8 @@ def fit_mask(mask: np.ndarray, size: tuple[int, int], geometry: str, box: Box | 
         top, left, bottom, right = box
         m = np.ascontiguousarray(m[top:bottom, left:right])
     elif geometry == "letterbox":
-        h, w = size
-        src_h, src_w = m.shape
-        scale = min(h / src_h, w / src_w)
-        new_h, new_w = min(h, max(1, round(src_h * scale))), min(w, max(1, round(src_w * scale)))
-        out = np.zeros((h, w), dtype=np.uint8)
-        top, left = (h - new_h) // 2, (w - new_w) // 2
+        top, left, new_h, new_w = _letterbox_place(m.shape, size)
+        out = np.zeros(size, dtype=np.uint8)
         out[top:top + new_h, left:left + new_w] = _mask_resize(m, (new_h, new_w))
         return out > 0
     return _mask_resize(m, size) > 0
