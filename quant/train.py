@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from core.console import console
+from core.errors import UserError
 from quant import distributed, metrics
 from quant.augment import augment_batch
 from quant.losses import make_loss
@@ -46,10 +47,11 @@ def _loader(imageset, cfg, gen: torch.Generator, train: bool) -> DataLoader:
 
 
 @torch.no_grad()
-def predict(model, imageset, batch_size: int = 256, float64: bool = False) -> np.ndarray:
-    """Logits [N, C] of `model` over an ImageSet (or uint8 pixels [N, 1, H, W]), in order:
-    float32, or float64 computed in float64 (a copy of the model), the reference an integer
-    target must match exactly."""
+def forward_outputs(model, imageset, batch_size: int = 256, float64: bool = False) -> list[np.ndarray]:
+    """Every output of `model` over an ImageSet (or uint8 pixels [N, 1, H, W]), in order, one
+    array per output (a two-output model: decision logits and defect map): float32, or
+    float64 computed in float64 (a copy of the model), the reference an integer target must
+    match exactly."""
     if float64:
         model = copy.deepcopy(model).double()
     model.eval()
@@ -61,8 +63,22 @@ def predict(model, imageset, batch_size: int = 256, float64: bool = False) -> np
     for pixels in batches:
         x = to_input(pixels)
         y = model(x.double() if float64 else x)
-        out.append(torch.as_tensor(y[0] if isinstance(y, tuple) else y).numpy())  # a two-output model: its decision
-    return np.concatenate(out).astype(np.float64 if float64 else np.float32)
+        out.append([torch.as_tensor(t).numpy() for t in (y if isinstance(y, tuple) else (y,))])
+    dtype = np.float64 if float64 else np.float32
+    return [np.concatenate(parts).astype(dtype) for parts in zip(*out)]
+
+
+def predict(model, imageset, batch_size: int = 256, float64: bool = False) -> np.ndarray:
+    """Logits [N, C] of `model` (of a two-output model: its decision) over an ImageSet or
+    uint8 pixels; float64 as forward_outputs."""
+    return forward_outputs(model, imageset, batch_size, float64)[0]
+
+
+def check_finite(loss: torch.Tensor, lr: float) -> None:
+    """A NaN/inf loss: no later step recovers, and NaN weights must not be saved."""
+    if not torch.isfinite(loss):
+        raise UserError(f"training diverged: the loss is {float(loss)} at learning rate {lr:.3g} "
+                        "(weights or inputs overflowed): lower train.lr (train.qat_lr for QAT), or change train.loss")
 
 
 def _score(m: dict) -> float:
@@ -158,11 +174,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen, ti
         loss = criterion(torch.as_tensor(logits), target)
         if shard is not None:  # DDP averages over ranks: weighted, that is the global batch's mean
             loss = loss * distributed.loss_weight(shard.current, len(target))
-        if not torch.isfinite(loss):  # diverged: no later step recovers, and NaN weights must not be saved
-            from core.errors import UserError
-
-            raise UserError(f"training diverged: the loss is {float(loss)} at learning rate {scheduler.get_last_lr()[0]:.3g} "
-                            "(weights or inputs overflowed): lower train.lr (train.qat_lr for QAT), or change train.loss")
+        check_finite(loss, scheduler.get_last_lr()[0])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from core.console import console
 from quant import metrics
 from quant.preprocess import to_input
-from quant.train import seed_everything, warmup_cosine
+from quant.train import check_finite, forward_outputs, seed_everything, warmup_cosine
 
 RAMP = 0.3  # fraction of the steps over which the decision loss ramps in
 KEEP_FROM = 0.5  # the kept state is the best validation AP from this fraction of the steps on
@@ -181,11 +181,7 @@ def fit_segdec(model, splits, cfg, steps: int, lr: float, seed: int, label: str,
         ls = seg_loss(seg, map_target(m, seg.shape[2:], model.stride), torch.as_tensor(train.known[idx]))
         ld = F.cross_entropy(logits, torch.as_tensor(train.labels[idx]))
         loss = cfg.seg_weight * ls + min(1.0, (step + 1) / max(1, RAMP * steps)) * ld
-        if not torch.isfinite(loss):
-            from core.errors import UserError
-
-            raise UserError(f"{label}: the loss became {float(loss)} at step {step + 1}: lower train.lr "
-                            f"(or train.qat_lr), now {lr:g}")
+        check_finite(loss, scheduler.get_last_lr()[0])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -212,24 +208,11 @@ def fit_segdec(model, splits, cfg, steps: int, lr: float, seed: int, label: str,
     return history
 
 
-@torch.no_grad()
 def predict_maps(model, imageset, batch_size: int = 32, float64: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(logits [N, C], defect-logit maps [N, 1, h, w]) of a two-output model over an ImageSet
-    (or uint8 pixels [N, 1, H, W]), in order; float64 as quant.train.predict."""
-    if float64:
-        model = copy.deepcopy(model).double()
-    model.eval()
-    pixels_all = imageset if isinstance(imageset, np.ndarray) else None
-    n = len(imageset)
-    logits, maps = [], []
-    for i in range(0, n, batch_size):
-        pixels = pixels_all[i:i + batch_size] if pixels_all is not None else imageset.array(range(i, min(n, i + batch_size)))
-        x = to_input(pixels)
-        d, s = model(x.double() if float64 else x)
-        logits.append(d.numpy())
-        maps.append(s.numpy())
-    dtype = np.float64 if float64 else np.float32
-    return np.concatenate(logits).astype(dtype), np.concatenate(maps).astype(dtype)
+    (or uint8 pixels [N, 1, H, W]), in order; float64 as quant.train.forward_outputs."""
+    logits, maps = forward_outputs(model, imageset, batch_size, float64)
+    return logits, maps
 
 
 def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -237,6 +220,11 @@ def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     out = [F.interpolate(torch.as_tensor(maps[i:i + 32], dtype=torch.float32), size=size, mode="bilinear",
                          align_corners=False).numpy() for i in range(0, len(maps), 32)]
     return np.concatenate(out) if out else np.zeros((0, 1, *size), np.float32)
+
+
+def defect_probability(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """P(defect) per input pixel [N, H, W]: the sigmoid of the upsampled logit map (overlays)."""
+    return 1 / (1 + np.exp(-upsample(maps, size)[:, 0]))
 
 
 def pixel_metrics(maps: np.ndarray, masks: np.ndarray, known: np.ndarray) -> dict:

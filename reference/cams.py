@@ -143,10 +143,10 @@ def write_map_overlays(maps: np.ndarray, model_label: str, pixels: np.ndarray, l
     """A localising model's own defect map (sigmoid of its logit map, upsampled to the image)
     over the image, the ground-truth outline beside it, for every defect class; returns
     [{class, file, samples, source}] as write_cam_overlays."""
-    from quant.train_seg import upsample
+    from quant.train_seg import defect_probability
 
     def draw(k, name, idx, samples):
-        heat = 1 / (1 + np.exp(-upsample(maps[idx], pixels.shape[2:])[:, 0]))
+        heat = defect_probability(maps[idx], pixels.shape[2:])
         return plot_overlays(pixels[idx], heat, samples, class_names,
                              f"{name}: defect map of {model_label} (white: ground truth)",
                              Path(out_dir) / f"{prefix}_{_slug(name)}.png", truth=masks[idx, 0]), {"source": model_label}

@@ -137,9 +137,9 @@ def _overlays(runner: tw.ModelRunner, pixels, owner, names, decisions, out_dir: 
         row = int(np.flatnonzero(owner == i)[0])
         k = classes.index(decisions[i][2])
         if maps is not None:
-            from quant.train_seg import upsample
+            from quant.train_seg import defect_probability
 
-            heat = 1 / (1 + np.exp(-upsample(maps[row:row + 1], pixels.shape[2:])[:, 0]))
+            heat = defect_probability(maps[row:row + 1], pixels.shape[2:])
         else:
             heat = grad_cam(runner.model, pixels[row:row + 1], np.array([k]))
         sample = CamSample(i, k, k, float(decisions[i][0] or 1.0))
