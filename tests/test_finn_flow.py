@@ -212,6 +212,8 @@ def test_an_interrupted_flow_resumes_after_its_last_finished_step(build, flow_in
     from compilers.finn import steps as S
 
     cfg = S.FlowConfig(out, get_part("zcu104"), 200.0, 2000.0, 0.7)
+    assert finished_state(cfg, state["key"], STEP_NAMES) is None  # it finished every step: a rerun runs again
+    (out / FLOW_STATE).write_text(json.dumps(state))  # interrupted after specialize_layers again
     assert finished_state(cfg, state["key"], STEP_NAMES) is not None
     assert finished_state(cfg, "another input or setting", STEP_NAMES) is None
     (out / "intermediate_models" / "tidy_up.onnx").unlink()

@@ -123,13 +123,14 @@ def run_steps(model, cfg: S.FlowConfig, steps: Sequence[Step] = STEPS, log: Call
 
 
 def finished_state(cfg: S.FlowConfig, key: str, names: Sequence[str]) -> dict | None:
-    """What an earlier run with the same key finished, when each of its step models is on disk."""
+    """What an earlier, interrupted run with the same key finished, when each of its step
+    models is on disk (a run that finished every step is not resumed: running again is asked for)."""
     try:
         state = json.loads((cfg.out_dir / FLOW_STATE).read_text())
     except (OSError, ValueError):
         return None
     done = state.get("done") if isinstance(state, dict) else None
-    if (not key or state.get("key") != key or not isinstance(done, list) or not done
+    if (not key or state.get("key") != key or not isinstance(done, list) or not done or len(done) >= len(names)
             or done != list(names[:len(done)]) or not isinstance(state.get("notes"), dict)
             or not isinstance(state.get("times"), dict) or not set(done) <= set(state["times"])
             or not all((cfg.intermediate_dir / f"{n}.onnx").is_file() for n in done)):

@@ -69,6 +69,7 @@ class FoldingResult:
     limits: dict  # capacity * budget
     per_layer: tuple = field(default_factory=tuple)  # LayerFold, in graph order
     fits: bool = True
+    comparison: dict = field(default_factory=dict)  # e.g. {"setfolding": summary()} of another folding at this point
 
     @property
     def achieved(self) -> float:

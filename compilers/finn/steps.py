@@ -319,6 +319,8 @@ def folding(model, cfg: FlowConfig):
         model = model.transform(ApplyConfig(dict(plan.config)))
         cfg.notes["folding"] = {"method": getattr(cfg.folding, "__qualname__", repr(cfg.folding)),
                                 "plugin_est_fps": float(plan.est_fps)}
+        if hasattr(plan, "to_report"):  # kept with the flow's notes: a resumed flow still has it
+            cfg.notes["folding"].update(plan=plan.to_report(), comparison=dict(getattr(plan, "comparison", {})))
     model = model.transform(GiveUniqueNodeNamesRecursive())
     write_json(cfg.report_dir / "folding_config.json", extract_model_config(model, None, FOLDING_ATTRS))
     return model

@@ -27,21 +27,35 @@ def check_model(ctx: Context):
 def step_train_float(ctx: Context):
     from quant.checkpoint import save_checkpoint
     from quant.models import create_model
-    from quant.train import fit, seed_everything
+    from quant.train import seed_everything
 
     r = ctx.recipe
     seed_everything(r.seed)
     args = model_args(ctx, quantized=False)
     model = create_model(**args)
-    if segmentation(ctx):
-        from quant.train_seg import fit_segdec
-
-        hist = fit_segdec(model, splits(ctx), r.train, r.train.float_steps, r.train.lr, r.seed, "float",
-                          crop_steps=r.train.crop_steps)
-    else:
-        hist = fit(model, splits(ctx), r.train, r.train.float_epochs, r.train.lr, r.seed, "float")
+    hist = train_phase(ctx, model, "float")
     save_checkpoint(ctx.layout.float_checkpoint, model, {"model": args, "history": hist})
     ctx.values["float_model"] = model
+
+
+def train_phase(ctx: Context, model, phase: str) -> dict:
+    """Float pre-training ("float") or QAT ("qat") of `model` in place: the epoch loop
+    (quant.train.fit) or, for a two-output model, the step-budget loop with the masks
+    (quant.train_seg.fit_segdec, where train.qat_freeze_bn_after counts steps)."""
+    from quant.train import fit
+
+    r, t = ctx.recipe, ctx.recipe.train
+    qat = phase == "qat"
+    lr, seed = (qat_lr(t), r.seed + 1) if qat else (t.lr, r.seed)
+    label = f"W{r.model.weight_bits}A{r.model.act_bits}" if qat else "float"
+    freeze = t.qat_freeze_bn_after if qat else None
+    if not segmentation(ctx):
+        return fit(model, splits(ctx), t, t.qat_epochs if qat else t.float_epochs, lr, seed, label, freeze_bn_from=freeze)
+    from quant.train_seg import fit_segdec
+
+    steps = t.qat_steps if qat else t.float_steps
+    return fit_segdec(model, splits(ctx), t, steps, lr, seed, label, crop_steps=0 if qat else t.crop_steps,
+                      freeze_bn_from=None if freeze is None else freeze / steps)
 
 
 def segmentation(ctx: Context) -> bool:
@@ -70,7 +84,7 @@ def qat_lr(cfg) -> float:
 def step_train_qat(ctx: Context):
     from quant.checkpoint import save_checkpoint
     from quant.models import create_model, load_float_weights
-    from quant.train import fit, seed_everything
+    from quant.train import seed_everything
 
     r = ctx.recipe
     if not has_brevitas_qat(ctx):
@@ -85,16 +99,7 @@ def step_train_qat(ctx: Context):
 
         float_model, _ = load_checkpoint(ctx.layout.float_checkpoint)
     transfer = load_float_weights(model, float_model)
-    label = f"W{r.model.weight_bits}A{r.model.act_bits}"
-    if segmentation(ctx):
-        from quant.train_seg import fit_segdec
-
-        freeze = r.train.qat_freeze_bn_after  # in steps for a step-budget model
-        hist = fit_segdec(model, splits(ctx), r.train, r.train.qat_steps, qat_lr(r.train), r.seed + 1, label,
-                          freeze_bn_from=None if freeze is None else freeze / r.train.qat_steps)
-    else:
-        hist = fit(model, splits(ctx), r.train, r.train.qat_epochs, qat_lr(r.train), r.seed + 1, label,
-                   freeze_bn_from=r.train.qat_freeze_bn_after)
+    hist = train_phase(ctx, model, "qat")
     save_checkpoint(ctx.layout.qat_checkpoint, model, {"model": args, "history": hist,
                                                              "init_from_float": {"loaded": len(transfer.loaded),
                                                                                  "quantizer_keys_new": len(transfer.quantizer_keys)}})
@@ -105,22 +110,24 @@ def step_evaluate(ctx: Context):
     """Pick the operating threshold on validation, evaluate float and QAT on test."""
     from quant import metrics
     from quant.checkpoint import load_checkpoint, save_checkpoint
-    from quant.train import predict
+    from quant.train import forward_outputs
+    from quant.train_seg import pixel_metrics
 
     r, s = ctx.recipe, splits(ctx)
     d = ctx.stage_dir("train")
     results = {}
     for name in trained(ctx):
         model, meta = load_checkpoint(d / name)
-        thr = metrics.choose_threshold(predict(model, s.val), s.val.labels, s.ok_index,
-                                       r.train.target_recall, r.train.target_fpr)
-        test_logits = predict(model, s.test)
+        val, test = forward_outputs(model, s.val), forward_outputs(model, s.test)
+        test_logits = test[0]
+        thr = metrics.choose_threshold(val[0], s.val.labels, s.ok_index, r.train.target_recall, r.train.target_fpr)
         results[name] = {
-            "val": metrics.evaluate(predict(model, s.val), s.val.labels, s.ok_index, thr, r.train.report_fpr),
+            "val": metrics.evaluate(val[0], s.val.labels, s.ok_index, thr, r.train.report_fpr),
             "test": metrics.evaluate(test_logits, s.test.labels, s.ok_index, thr, r.train.report_fpr),
         }
-        if segmentation(ctx):
-            results[name]["pixel"] = pixel_results(model, s)
+        if len(test) > 1:  # a localising model: its defect map against the masks
+            results[name]["pixel"] = {"val": pixel_metrics(val[1], *s.val.mask_array()),
+                                      "test": pixel_metrics(test[1], *s.test.mask_array())}
         meta.update(threshold=thr, class_names=list(s.class_names), ok_index=s.ok_index,
                     metrics=results[name], recipe=r.name, seed=r.seed)
         save_checkpoint(d / name, model, meta)
@@ -131,18 +138,6 @@ def step_evaluate(ctx: Context):
                                     "split_sizes": [len(s.train), len(s.val), len(s.test)],
                                     "notes": list(s.notes), **results})
     print_metrics_table(results, r)
-
-
-def pixel_results(model, s) -> dict:
-    """Pixel metrics of the defect map against the masks, on validation and test."""
-    from quant.train_seg import pixel_metrics, predict_maps
-
-    out = {}
-    for split, imageset in (("val", s.val), ("test", s.test)):
-        _, maps = predict_maps(model, imageset)
-        masks, known = imageset.mask_array()
-        out[split] = pixel_metrics(maps, masks, known)
-    return out
 
 
 def print_metrics_table(results: dict, r) -> None:
