@@ -44,6 +44,32 @@ def test_plain_cnn_with_maxpool_and_folding_plugin(tmp_path):
     assert ops <= {"(Transpose)"}  # only the NCHW -> NHWC input transpose stays on the host
 
 
+def test_a_flow_resumed_past_the_folding_plugin_keeps_its_plan(tmp_path):
+    """The plugin's plan lives in the flow's notes (flow_state.json): a flow interrupted after
+    its folding step resumes without calling the plugin again and still reports the plan."""
+    from compilers.finn.flow import FLOW_STATE
+    from compilers.finn.folding import fold
+
+    first, _, _ = _lower("PlainCNN", tmp_path, folding=fold)
+    plan = first.notes["folding"]["plan"]
+    assert plan["est_fps"] == pytest.approx(first.notes["folding"]["plugin_est_fps"]) and plan["per_layer"]
+    state_path = first.out_dir / FLOW_STATE
+    state = json.loads(state_path.read_text())
+    cut = state["done"].index("minimize_bit_width")
+    state["done"] = state["done"][:cut]  # as if killed during minimize_bit_width
+    state_path.write_text(json.dumps(state))
+    calls = []
+
+    def counted(*args):
+        calls.append(args)
+        return fold(*args)
+
+    counted.__qualname__ = fold.__qualname__  # the same folding: the same flow key
+    again, _, _ = _lower("PlainCNN", tmp_path, folding=counted)
+    assert not calls and again.bit_exact
+    assert again.notes["folding"]["plan"] == plan and again.est_fps == first.est_fps
+
+
 def test_mobilenet_v1_depthwise_separable(tmp_path):
     result, _, _ = _lower("MobileNetV1", tmp_path)
     assert result.bit_exact
