@@ -101,6 +101,10 @@ class TrainConfig(_Section):
     qat_lr: Optional[float] = Field(None, gt=0, le=1)  # peak rate of QAT fine-tuning; None: lr / 2
     # QAT epochs (steps, for the step-budget segmentation models) before BatchNorm statistics freeze; None: never
     qat_freeze_bn_after: Optional[int] = Field(None, ge=0, le=1_000_000)
+    # QAT learns from the float model too (knowledge distillation, Hinton et al. 2015): the loss is
+    # (1 - qat_distill) x the label loss + qat_distill x T^2 x KL(float || QAT) at temperature T
+    qat_distill: float = Field(0.0, ge=0, le=1)
+    qat_distill_temperature: float = Field(2.0, gt=0, le=100)
     weight_decay: float = Field(1e-4, ge=0, le=1)
     loss: Literal["ce", "focal", "class_balanced"] = "ce"
     sampler: Literal["shuffle", "weighted"] = "weighted"
@@ -182,9 +186,13 @@ class Recipe(_Section):
                              f"pixels to generate, more than {MAX_SYNTHETIC_PIXELS:,}: lower dataset.num_images or dataset.size")
         return self
 
-    def digest(self, *sections: str) -> str:
-        """Short hash of the named sections, for up-to-date checks of a stage."""
+    def digest(self, *sections: str, ignore: tuple[str, ...] = ()) -> str:
+        """Short hash of the named sections, for up-to-date checks of a stage; `ignore` names
+        keys ("train.qat_lr") a step does not read, so changing them does not re-run it."""
         data = {s: getattr(self, s).model_dump(mode="json") if s != "seed" else self.seed for s in sections}
+        for key in ignore:
+            section, _, field = key.partition(".")
+            data.get(section, {}).pop(field, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

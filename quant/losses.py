@@ -40,3 +40,24 @@ def make_loss(name: str, labels: np.ndarray, num_classes: int) -> nn.Module:
     if name == "class_balanced":
         return nn.CrossEntropyLoss(weight=class_balanced_weights(labels, num_classes))
     raise ValueError(f"unknown loss {name!r}; valid: ce, focal, class_balanced")
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al. 2015: T^2 x KL(teacher || student) of the softened distributions (the T^2
+    keeps its gradient on the scale of the label loss's)."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+
+
+class Distilled(nn.Module):
+    """(1 - weight) x `label_loss`(student, target) + weight x distillation_loss(student, teacher):
+    called with the teacher's logits of the same (augmented) batch."""
+
+    def __init__(self, label_loss: nn.Module, weight: float, temperature: float):
+        super().__init__()
+        self.label_loss, self.weight, self.temperature = label_loss, weight, temperature
+
+    def forward(self, logits, target, teacher_logits):
+        return ((1 - self.weight) * self.label_loss(logits, target)
+                + self.weight * distillation_loss(logits, teacher_logits, self.temperature))

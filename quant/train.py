@@ -19,7 +19,7 @@ from core.console import console
 from core.errors import UserError
 from quant import distributed, metrics
 from quant.augment import augment_batch
-from quant.losses import make_loss
+from quant.losses import Distilled, make_loss
 from quant.preprocess import to_input
 
 
@@ -91,12 +91,15 @@ def _nll(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(torch.nn.functional.cross_entropy(torch.as_tensor(logits), torch.as_tensor(labels, dtype=torch.long)))
 
 
-def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freeze_bn_from: int | None = None) -> dict:
+def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freeze_bn_from: int | None = None,
+        teacher=None) -> dict:
     """Train `model` in place; keep the state with the best validation score (ties: the
     lower validation cross-entropy).
 
     freeze_bn_from: from this epoch on (0-based) BatchNorm layers use and keep their running
     statistics, as PyTorch's and TensorFlow's QAT recipes do for the last epochs of QAT.
+    teacher: a trained (float) model QAT also learns from, by cfg.qat_distill
+    (quant.losses.Distilled); None: the labels alone.
     Returns the history: per-epoch train loss and validation metrics.
     """
     torch.set_num_threads(cfg.threads)
@@ -107,6 +110,11 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freez
     loader = _loader(splits.train, cfg, gen, train=True)
     num_classes = len(splits.class_names)
     criterion = make_loss(cfg.loss, splits.train.labels, num_classes)
+    if teacher is not None and cfg.qat_distill > 0:
+        criterion = Distilled(criterion, cfg.qat_distill, cfg.qat_distill_temperature)
+        teacher.eval()
+    else:
+        teacher = None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     scheduler = warmup_cosine(optimizer, total_steps=epochs * len(loader))
@@ -119,7 +127,7 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freez
             t0 = time.perf_counter()
             frozen = freeze_bn_from is not None and epoch >= freeze_bn_from
             loss_sum, n_seen = train_one_epoch(distributed.wrap(model), loader, criterion, optimizer, scheduler, cfg,
-                                               gen, lambda: progress.advance(task), freeze_bn=frozen)
+                                               gen, lambda: progress.advance(task), freeze_bn=frozen, teacher=teacher)
             distributed.sync_buffers(model)  # every rank validates rank 0's BatchNorm statistics
             val_logits = predict(model, splits.val)
             m = metrics.evaluate(val_logits, splits.val.labels, splits.ok_index, report_fpr=cfg.report_fpr)
@@ -157,7 +165,7 @@ def warmup_cosine(optimizer, total_steps: int, warmup_fraction: float = 0.1):
 
 
 def train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen, tick,
-                    freeze_bn: bool = False) -> tuple[float, int]:
+                    freeze_bn: bool = False, teacher=None) -> tuple[float, int]:
     model.train()
     if freeze_bn:
         for m in model.modules():
@@ -171,7 +179,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scheduler, cfg, gen, ti
         if cfg.augment:
             x = augment_batch(x, gen) if shard is None else distributed.augment_share(augment_batch, x, gen, shard.current)
         logits = model(x)
-        loss = criterion(torch.as_tensor(logits), target)
+        if teacher is None:
+            loss = criterion(torch.as_tensor(logits), target)
+        else:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            loss = criterion(torch.as_tensor(logits), target, torch.as_tensor(teacher_logits))
         if shard is not None:  # DDP averages over ranks: weighted, that is the global batch's mean
             loss = loss * distributed.loss_weight(shard.current, len(target))
         check_finite(loss, scheduler.get_last_lr()[0])

@@ -32,8 +32,10 @@ def preflight_of(stage: str) -> list:
 
 
 def step_digests(recipe, stage: str) -> list[str]:
-    """One digest per step: the qdeploy version, the stage's sections and the step's own inputs."""
-    return [f"{__version__}-{recipe.digest(*INPUTS[stage], *getattr(step, 'inputs', ()))}" for step in steps_of(stage)]
+    """One digest per step: the qdeploy version, the stage's sections and the step's own inputs,
+    less the keys the step declares it does not read (its `ignores`)."""
+    return [f"{__version__}-{recipe.digest(*INPUTS[stage], *getattr(step, 'inputs', ()), ignore=getattr(step, 'ignores', ()))}"
+            for step in steps_of(stage)]
 
 
 def run_plan(ctx: Context, command: str, force: bool = False) -> None:

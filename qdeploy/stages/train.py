@@ -7,6 +7,7 @@ from rich.table import Table
 from core.atomic import atomic_path, write_json
 from core.console import console
 from core.errors import UserError
+from qdeploy.recipe import TrainConfig
 from qdeploy.stages.common import model_args, splits
 from qdeploy.stages.fpga import check_part_and_model
 from qdeploy.steps import Context
@@ -38,10 +39,11 @@ def step_train_float(ctx: Context):
     ctx.values["float_model"] = model
 
 
-def train_phase(ctx: Context, model, phase: str) -> dict:
+def train_phase(ctx: Context, model, phase: str, teacher=None) -> dict:
     """Float pre-training ("float") or QAT ("qat") of `model` in place: the epoch loop
-    (quant.train.fit) or, for a two-output model, the step-budget loop with the masks
-    (quant.train_seg.fit_segdec, where train.qat_freeze_bn_after counts steps)."""
+    (quant.train.fit; QAT distils from `teacher`, the float model, by train.qat_distill) or,
+    for a two-output model, the step-budget loop with the masks (quant.train_seg.fit_segdec,
+    where train.qat_freeze_bn_after counts steps)."""
     from quant.train import fit
 
     r, t = ctx.recipe, ctx.recipe.train
@@ -50,7 +52,10 @@ def train_phase(ctx: Context, model, phase: str) -> dict:
     label = f"W{r.model.weight_bits}A{r.model.act_bits}" if qat else "float"
     freeze = t.qat_freeze_bn_after if qat else None
     if not segmentation(ctx):
-        return fit(model, splits(ctx), t, t.qat_epochs if qat else t.float_epochs, lr, seed, label, freeze_bn_from=freeze)
+        return fit(model, splits(ctx), t, t.qat_epochs if qat else t.float_epochs, lr, seed, label, freeze_bn_from=freeze,
+                   teacher=teacher)
+    if teacher is not None and t.qat_distill > 0:
+        raise UserError(f"train.qat_distill: {r.model.name} (two outputs, step budgets) does not distil: set it to 0")
     from quant.train_seg import fit_segdec
 
     steps = t.qat_steps if qat else t.float_steps
@@ -99,7 +104,7 @@ def step_train_qat(ctx: Context):
 
         float_model, _ = load_checkpoint(ctx.layout.float_checkpoint)
     transfer = load_float_weights(model, float_model)
-    hist = train_phase(ctx, model, "qat")
+    hist = train_phase(ctx, model, "qat", teacher=float_model)
     save_checkpoint(ctx.layout.qat_checkpoint, model, {"model": args, "history": hist,
                                                              "init_from_float": {"loaded": len(transfer.loaded),
                                                                                  "quantizer_keys_new": len(transfer.quantizer_keys)}})
@@ -170,6 +175,9 @@ def step_plot_curves(ctx: Context):
     d = ctx.stage_dir("train")
     plot_curves([read_meta(d / name)["history"] for name in trained(ctx)], d / "curves.png")
 
+
+# the float model does not depend on QAT's settings: tuning them re-runs QAT and what follows
+step_train_float.ignores = tuple(f"train.{k}" for k in TrainConfig.model_fields if k.startswith("qat_"))
 
 PREFLIGHT = [check_model]
 STEPS = [step_train_float, step_train_qat, step_evaluate, step_plot_curves]
