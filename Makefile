@@ -10,11 +10,12 @@ RECIPE  := $(if $(recipe),--recipe $(recipe),)
 QDEPLOY := $(PY) -m qdeploy
 STAMP   := $(VENV)/.installed
 
-.PHONY: setup train export build parity report bench predict readme-results test test-slow clean lock help
+.PHONY: setup train export build parity report bench sweep predict readme-results test test-slow clean lock help
 
 help:
 	@echo "make target=fpga|npu|gpu build   build a target on the embedded default (or recipe=recipes/X.yaml)"
 	@echo "make train | export | parity | bench | test | test-slow | clean | setup | lock"
+	@echo "make sweep recipe=recipes/X.yaml [seeds=\"0 1 2\"] [isa=native|avx2] [jobs=2]   mean and spread over seeds"
 	@echo "make predict target=fpga|npu|gpu|qat|float images=DIR   run a deployed model on images"
 	@echo "make readme-results   regenerate the README's results tables from report.json / bench.json"
 
@@ -47,6 +48,13 @@ report: $(STAMP)
 
 bench: $(STAMP)
 	$(QDEPLOY) bench $(RECIPE)
+
+# make sweep recipe=recipes/neu.yaml [seeds="0 1 2"] [isa=avx2] [jobs=2]: mean and spread over seeds
+seeds   ?= 0 1 2
+isa     ?= native
+jobs    ?= 1
+sweep: $(STAMP)
+	$(QDEPLOY) sweep $(RECIPE) --seeds $(seeds) --isa $(isa) --jobs $(jobs)
 
 # make predict target=fpga images=path/to/folder [out=DIR]
 images  ?=

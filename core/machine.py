@@ -15,6 +15,10 @@ OpenVINO CPU plugin: the tests use it to run the non-VNNI kernels on a VNNI mach
 `identity()` takes that cap into account, so a capped process describes the CPU its
 kernels actually use.
 
+Float training differs between CPUs too (the summation order of ATen's and oneDNN's vector
+kernels, MKL's code path): ISA_CAPS holds the variables that make a process compute like an
+AVX2-only CPU on a bigger one (`qdeploy sweep --isa avx2`).
+
     identity() -> dict   recorded in build logs, report.json and bench.json
     summary(ident) -> str   one line for a console or a report header
 """
@@ -96,6 +100,14 @@ def _read_cpu() -> tuple[str, str, set[str]]:
     return info.get("brand_raw") or platform.processor() or "unknown CPU", info.get("vendor_id_raw") or "", flags
 
 
+# --isa name -> the environment that caps every kernel library of a process at that ISA
+ISA_CAPS = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+}
+_FLOAT_CAP_VARS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+
+
 @functools.cache
 def _cpu() -> tuple[str, str, frozenset[str]]:
     model, vendor, flags = _read_cpu()
@@ -116,6 +128,7 @@ def identity() -> dict:
         "features": features,
         "onednn_max_cpu_isa": cap,
         "int8_dot": int8_dot_kernel(features, arch, cap),
+        "float_caps": {v: os.environ[v] for v in _FLOAT_CAP_VARS if os.environ.get(v)},
     }
 
 
@@ -127,5 +140,7 @@ def summary(ident: dict) -> str:
     kernel = ident.get("int8_dot", "unknown")
     how = {"vpmaddubsw": "saturating int16 pairs", "unknown": "not x86"}.get(kernel, "exact int32")
     cap = f", capped by ONEDNN_MAX_CPU_ISA={ident['onednn_max_cpu_isa']}" if ident.get("onednn_max_cpu_isa") else ""
+    floats = "; float kernels capped: " + " ".join(f"{k}={v}" for k, v in ident["float_caps"].items()) \
+        if ident.get("float_caps") else ""
     return (f"{ident.get('cpu', '?')}, {ident.get('cores', '?')} cores, {ident.get('arch', '?')} [{feats}]; "
-            f"INT8 dot product: {kernel} ({how}{cap})")
+            f"INT8 dot product: {kernel} ({how}{cap}){floats}")

@@ -7,6 +7,7 @@
     qdeploy parity [--recipe R]
     qdeploy bench  [--recipe R]
     qdeploy report [--recipe R]
+    qdeploy sweep  [--recipe R] [--seeds 0 1 2] [--isa native|avx2] [--jobs N]   (mean and spread over seeds)
     qdeploy predict --target fpga|npu|gpu|qat|float [--recipe R] IMAGES...|DIR [--out DIR]
 
 User mistakes print one line and exit non-zero; nothing half-written is left behind.
@@ -58,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--target", required=True, help="fpga, npu or gpu")
     b.add_argument("--model", help="bring your own QONNX model (fpga only)")
     b.add_argument("--samples", help="folder of sample images for --model parity")
+    sw = sub.add_parser("sweep", parents=[common], help="train once per seed; mean, sd and worst seed of every metric")
+    sw.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="N", help="seeds (default: 0 1 2)")
+    sw.add_argument("--isa", default="native", help="native, or avx2: compute like an AVX2-only CPU (core.machine.ISA_CAPS)")
+    sw.add_argument("--jobs", type=int, default=1, help="seeds trained side by side (each uses train.threads)")
     sub.add_parser("parity", parents=[common], help="parity report over every built target")
     sub.add_parser("bench", parents=[common], help="throughput of every runtime present")
     sub.add_parser("report", parents=[common], help="render the report from the last parity run")
@@ -95,6 +100,10 @@ def _command(args, ctx) -> None:
         from qdeploy.stages import run_plan
 
         run_plan(ctx, args.command, force=args.force)
+    elif args.command == "sweep":
+        from qdeploy.sweep import run_sweep
+
+        run_sweep(ctx, args.seeds, args.isa, args.jobs, args.recipe, args.set, force=args.force)
     elif args.command == "build":
         if args.target not in NAMES:
             raise UserError(f"unknown target {args.target!r}; valid: {', '.join(NAMES)}")

@@ -88,6 +88,7 @@ class Machine(_Strict):
     features: dict[str, bool]
     onednn_max_cpu_isa: Optional[str]
     int8_dot: str
+    float_caps: dict[str, str] = {}  # ATEN_CPU_CAPABILITY / MKL_ENABLE_INSTRUCTIONS of the run, when set
 
 
 class Report(_Open):

@@ -66,7 +66,7 @@ def test_which_cpu_is_a_faithful_npu_stand_in(kernel, fix, faithful):
 
 def test_identity_of_this_machine_is_complete():
     ident = machine.identity()
-    assert set(ident) == {"cpu", "vendor", "arch", "cores", "features", "onednn_max_cpu_isa", "int8_dot"}
+    assert set(ident) == {"cpu", "vendor", "arch", "cores", "features", "onednn_max_cpu_isa", "int8_dot", "float_caps"}
     assert set(ident["features"]) == set(machine.FEATURES) and ident["cores"] >= 1
     text = machine.summary(ident)
     assert ident["cpu"] in text and ident["int8_dot"] in text
@@ -165,3 +165,18 @@ def test_exact_path_is_the_same_with_and_without_the_cap(toy_irs):
     # so at most an activation on a rounding boundary goes the other way (one step)
     assert np.abs(out["exact_capped"] - here).max() <= npu_bound
     assert (out["exact_capped"].argmax(1) == here.argmax(1)).all()
+
+
+def test_the_avx2_cap_makes_torch_compute_like_an_avx2_cpu_and_is_recorded():
+    """`qdeploy sweep --isa avx2` runs its training under machine.ISA_CAPS["avx2"]: ATen's
+    dispatch then picks its AVX2 kernels on any bigger CPU, and the run's identity says so."""
+    code = ("import json, torch; from core import machine; "
+            "print(json.dumps([torch.backends.cpu.get_cpu_capability(), machine.identity()]))")
+    env = {**os.environ, **machine.ISA_CAPS["avx2"]}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    capability, ident = json.loads(out.stdout.strip().splitlines()[-1])
+    assert capability == "AVX2"
+    assert ident["float_caps"] == {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+    assert ident["int8_dot"] in ("vpmaddubsw", "unknown")
+    assert "float kernels capped: ATEN_CPU_CAPABILITY=avx2" in machine.summary(ident)

@@ -59,3 +59,37 @@ def test_patience_counts_only_after_warm_up(small, one_torch_thread):
     hist = fit(model, small, TrainConfig(patience=1, augment=False), epochs=20, lr=0.0, seed=0, label="flat",
                freeze_bn_from=0)  # and frozen BatchNorm statistics: the model is constant
     assert len(hist["epochs"]) == 3  # epoch 1 best; epoch 2 inside warm-up; epoch 3 the one patience allows
+
+
+def test_distillation_loss_is_zero_on_the_teacher_and_pulls_towards_it():
+    from quant.losses import Distilled, distillation_loss
+
+    teacher = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    assert float(distillation_loss(teacher.clone(), teacher, 2.0)) == pytest.approx(0.0, abs=1e-7)
+    student = torch.zeros_like(teacher, requires_grad=True)
+    distillation_loss(student, teacher, 2.0).backward()
+    step = -student.grad  # gradient descent moves the student's logits towards the teacher's order
+    assert (step.argmax(1) == teacher.argmax(1)).all()
+    target = torch.tensor([0, 1])
+    label = torch.nn.CrossEntropyLoss()
+    assert float(Distilled(label, 0.0, 2.0)(teacher, target, -teacher)) == pytest.approx(float(label(teacher, target)))
+
+
+def test_qat_distilling_from_the_float_model_moves_towards_it(small, one_torch_thread):
+    """train.qat_distill = 1: QAT learns from the float model's outputs alone, so its logits end
+    closer to the float model's than QAT on the labels alone (same seed, same steps)."""
+    from quant.train import predict
+
+    torch.manual_seed(0)
+    float_model = create_model("resnet8", 2, (16, 16), width=0.5, quantized=False)
+    fit(float_model, small, TrainConfig(patience=5), epochs=2, lr=1e-2, seed=0, label="float")
+    ref = predict(float_model, small.val)
+    gaps = {}
+    for distill in (0.0, 1.0):
+        qat = create_model("resnet8", 2, (16, 16), width=0.5)
+        load_float_weights(qat, float_model)
+        cfg = TrainConfig(patience=5, qat_distill=distill, qat_distill_temperature=1.0)
+        fit(qat, small, cfg, epochs=2, lr=1e-3, seed=1, label="qat", teacher=float_model)
+        p = torch.softmax(torch.as_tensor(predict(qat, small.val)), 1)
+        gaps[distill] = float((p - torch.softmax(torch.as_tensor(ref), 1)).abs().mean())
+    assert gaps[1.0] < gaps[0.0], gaps
