@@ -25,7 +25,7 @@ def check(ctx: Context) -> None:
     from quant.data.loaders import assign_classes, list_dataset
     from quant.data.validate import scan
 
-    listing = list_dataset(d.kind, Path(d.path).expanduser(), d.ok_classes)
+    listing = list_dataset(d.kind, Path(d.path).expanduser(), d.ok_classes, boxes=d.boxes and Path(d.boxes).expanduser())
     class_names, _, _ = assign_classes(listing, d.task)
     for note in listing.notes:
         console.print(f"[yellow]data: {escape(note)}[/yellow]", highlight=False)

@@ -46,6 +46,9 @@ class DatasetConfig(_Section):
     dedup: bool = True  # drop exact (and near, where supported) duplicates across splits
     normalize: Literal["none", "stretch"] = "none"  # stretch: per-image 1-99 percentile contrast stretch (host side)
     orient: Literal["keep", "landscape"] = "keep"  # landscape: portrait images turned a quarter for a wide input
+    # a folder of Pascal VOC .xml box files (<image name>.xml, e.g. NEU-DET's annotations/): where
+    # an image has no pixel mask, its boxes' rectangles are its mask for mask-supervised models
+    boxes: Optional[str] = Field(None, max_length=4096)
     # synthetic only
     num_images: int = Field(3000, ge=20, le=1_000_000)
     defect_fraction: float = Field(0.25, gt=0, lt=1)
@@ -65,11 +68,11 @@ class DatasetConfig(_Section):
             raise ValueError(f"dataset.split must be three positive fractions summing to 1 (got {list(self.split)})")
         return self
 
-    @field_validator("path")
+    @field_validator("path", "boxes")
     @classmethod
-    def _plain_path(cls, v):
+    def _plain_path(cls, v, info):
         if v is not None and (not v.strip() or any(ord(c) < 32 for c in v)):
-            raise ValueError("dataset.path must be a non-empty path without control characters (NUL, newline)")
+            raise ValueError(f"dataset.{info.field_name} must be a non-empty path without control characters (NUL, newline)")
         return v
 
     @field_validator("ok_classes")

@@ -57,6 +57,7 @@ class MaskRef:
 
     path: str | None = None  # any non-zero pixel is the record's class
     rles: tuple[tuple[str, str], ...] = ()  # (class name, Kaggle RLE)
+    voc: str | None = None  # a Pascal VOC file whose boxes are the mask (quant.data.voc_boxes)
     where: str = ""  # for messages (e.g. "train.csv, ImageId 0002cc93b.jpg")
 
     def layers(self, cls: str, shape: tuple[int, int]) -> list[tuple[str, np.ndarray]]:
@@ -66,6 +67,10 @@ class MaskRef:
             if mask.shape != tuple(shape):
                 raise UserError(f"mask {self.path} is {mask.shape[1]}x{mask.shape[0]} but its image is {shape[1]}x{shape[0]}: masks must match their image")
             return [(cls, mask)]
+        if self.voc is not None:
+            from quant.data.voc_boxes import box_mask, read_voc
+
+            return [(cls, box_mask(read_voc(Path(self.voc)), shape))]
         return [(name, rle_decode(rle, shape, f"{self.where}, class {name}")) for name, rle in self.rles]
 
 
@@ -344,8 +349,18 @@ def list_mvtec(root: Path) -> Listing:
                    no_official_test="MVTec's official train split holds only good images, so a classifier cannot learn from it")
 
 
-def list_dataset(kind: str, root: Path, ok_classes: tuple[str, ...] = ("ok",)) -> Listing:
-    """The listing for dataset.kind (synthetic datasets are folder datasets once generated)."""
+def list_dataset(kind: str, root: Path, ok_classes: tuple[str, ...] = ("ok",), boxes: Path | None = None) -> Listing:
+    """The listing for dataset.kind (synthetic datasets are folder datasets once generated);
+    `boxes`: a folder of VOC box files whose rectangles become the defect images' masks."""
+    listing = _list(kind, root, ok_classes)
+    if boxes is not None:
+        from quant.data.voc_boxes import attach_boxes
+
+        listing.records = attach_boxes(listing.records, Path(boxes), listing.ok_classes, listing.notes)
+    return listing
+
+
+def _list(kind: str, root: Path, ok_classes: tuple[str, ...]) -> Listing:
     root = Path(root)
     if root.is_symlink() and not root.exists():
         raise UserError(f"dataset.path {root} is a broken symlink or a symlink loop: check the path")

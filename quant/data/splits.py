@@ -191,7 +191,7 @@ def _summary(sets: dict[str, ImageSet], class_names: tuple[str, ...]) -> str:
 def load_splits(cfg, seed: int, cache_dir: Path) -> Splits:
     """Build the train / val / test ImageSets described by `cfg` (a DatasetConfig)."""
     root = _dataset_root(cfg, seed, cache_dir)
-    listing: Listing = list_dataset(cfg.kind, root, cfg.ok_classes)
+    listing: Listing = list_dataset(cfg.kind, root, cfg.ok_classes, boxes=cfg.boxes and Path(cfg.boxes).expanduser())
     notes = list(listing.notes)
     class_names, ok_index, label_of = assign_classes(listing, cfg.task)
     records = listing.records
