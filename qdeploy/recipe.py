@@ -107,6 +107,10 @@ class TrainConfig(_Section):
     # QAT learns from the float model too (knowledge distillation, Hinton et al. 2015): the loss is
     # (1 - qat_distill) x the label loss + qat_distill x T^2 x KL(float || QAT) at temperature T
     qat_distill: float = Field(0.0, ge=0, le=1)
+    # decay per step of the weight average that is validated and kept (quant/weight_average.py),
+    # float training and QAT; 0: the raw weights
+    ema: float = Field(0.0, ge=0, lt=1)
+    qat_ema: float = Field(0.0, ge=0, lt=1)
     qat_distill_temperature: float = Field(2.0, gt=0, le=100)
     weight_decay: float = Field(1e-4, ge=0, le=1)
     loss: Literal["ce", "focal", "class_balanced"] = "ce"

@@ -21,6 +21,7 @@ from quant import distributed, metrics
 from quant.augment import augment_batch
 from quant.losses import Distilled, make_loss
 from quant.preprocess import to_input
+from quant.weight_average import WeightAverage
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -92,7 +93,7 @@ def _nll(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freeze_bn_from: int | None = None,
-        teacher=None) -> dict:
+        teacher=None, ema: float = 0.0) -> dict:
     """Train `model` in place; keep the state with the best validation score (ties: the
     lower validation cross-entropy).
 
@@ -100,6 +101,8 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freez
     statistics, as PyTorch's and TensorFlow's QAT recipes do for the last epochs of QAT.
     teacher: a trained (float) model QAT also learns from, by cfg.qat_distill
     (quant.losses.Distilled); None: the labels alone.
+    ema: decay of an exponential moving average of the weights (quant.weight_average) that is
+    validated and kept instead of the raw weights; 0: none.
     Returns the history: per-epoch train loss and validation metrics.
     """
     torch.set_num_threads(cfg.threads)
@@ -120,16 +123,23 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freez
     scheduler = warmup_cosine(optimizer, total_steps=epochs * len(loader))
     warm_steps = warmup_steps(epochs * len(loader))
     best, best_state, since_best = (-1.0, -math.inf), None, 0
+    avg = WeightAverage(model, ema) if ema else None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(f"{label}", total=epochs * len(loader), info="")
+
+        def tick():
+            progress.advance(task)
+            if avg is not None:
+                avg.update(model)
         for epoch in range(epochs):
             t0 = time.perf_counter()
             frozen = freeze_bn_from is not None and epoch >= freeze_bn_from
             loss_sum, n_seen = train_one_epoch(distributed.wrap(model), loader, criterion, optimizer, scheduler, cfg,
-                                               gen, lambda: progress.advance(task), freeze_bn=frozen, teacher=teacher)
+                                               gen, tick, freeze_bn=frozen, teacher=teacher)
             distributed.sync_buffers(model)  # every rank validates rank 0's BatchNorm statistics
-            val_logits = predict(model, splits.val)
+            evaluated = model if avg is None else avg.model(model)
+            val_logits = predict(evaluated, splits.val)
             m = metrics.evaluate(val_logits, splits.val.labels, splits.ok_index, report_fpr=cfg.report_fpr)
             score, nll = _score(m), _nll(val_logits, splits.val.labels)
             history["epochs"].append({"epoch": epoch + 1, "train_loss": loss_sum / max(n_seen, 1), "val_nll": nll,
@@ -140,7 +150,7 @@ def fit(model, splits, cfg, epochs: int, lr: float, seed: int, label: str, freez
             if not console.is_terminal:  # a log file gets one line per epoch instead of a live bar
                 console.print(f"{label} epoch {epoch + 1}/{epochs}: {info} ({time.perf_counter() - t0:.0f} s)")
             if (score, -nll) > best:
-                best, best_state, since_best = (score, -nll), copy.deepcopy(model.state_dict()), 0
+                best, best_state, since_best = (score, -nll), copy.deepcopy(evaluated.state_dict()), 0
             elif (epoch + 1) * len(loader) > warm_steps:  # patience counts only once warm-up is over
                 since_best += 1
                 if since_best >= cfg.patience:

@@ -35,6 +35,7 @@ from core.console import console
 from quant import metrics
 from quant.preprocess import to_input
 from quant.train import check_finite, forward_outputs, seed_everything, warmup_cosine
+from quant.weight_average import WeightAverage
 
 RAMP = 0.3  # fraction of the steps over which the decision loss ramps in
 KEEP_FROM = 0.5  # the kept state is the best validation AP from this fraction of the steps on
@@ -154,9 +155,10 @@ def train_crops(model, data: SegData, cfg, steps: int, lr: float, seed: int, lab
 
 
 def fit_segdec(model, splits, cfg, steps: int, lr: float, seed: int, label: str, crop_steps: int = 0,
-               freeze_bn_from: float | None = None) -> dict:
+               freeze_bn_from: float | None = None, ema: float = 0.0) -> dict:
     """Train a two-output model in place (see the module doc). freeze_bn_from: fraction of
-    the steps after which BatchNorm statistics freeze (QAT). Returns the history."""
+    the steps after which BatchNorm statistics freeze (QAT); ema: decay of the weight average
+    that is validated and kept (quant.weight_average; 0: the raw weights). Returns the history."""
     torch.set_num_threads(cfg.threads)
     seed_everything(seed)
     history = {"label": label, "steps": [], "crops": {}}
@@ -169,6 +171,7 @@ def fit_segdec(model, splits, cfg, steps: int, lr: float, seed: int, label: str,
     scheduler = warmup_cosine(optimizer, steps)
     shift = max(train.images.shape[2], train.images.shape[3]) // 16
     best, t0, run = (-1.0, None, 0), time.perf_counter(), {"map": [], "decision": []}
+    avg = WeightAverage(model, ema) if ema else None
     for step in range(steps):
         model.train()
         if freeze_bn_from is not None and step >= freeze_bn_from * steps:
@@ -186,10 +189,13 @@ def fit_segdec(model, splits, cfg, steps: int, lr: float, seed: int, label: str,
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if avg is not None:
+            avg.update(model)
         run["map"].append(float(ls.detach()))
         run["decision"].append(float(ld.detach()))
         if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
-            val_logits, _ = predict_maps(model, val)
+            evaluated = model if avg is None else avg.model(model)
+            val_logits, _ = predict_maps(evaluated, val)
             vm = metrics.evaluate(val_logits, val.labels, splits.ok_index, report_fpr=cfg.report_fpr)
             score = vm.get("ap", vm["f1"])
             entry = {"step": step + 1, "map_loss": float(np.mean(run["map"])), "decision_loss": float(np.mean(run["decision"])),
@@ -200,7 +206,7 @@ def fit_segdec(model, splits, cfg, steps: int, lr: float, seed: int, label: str,
                           f"({entry['seconds']:.0f} s)")
             run = {"map": [], "decision": []}
             if step + 1 >= KEEP_FROM * steps and score >= best[0]:
-                best = (score, copy.deepcopy(model.state_dict()), step + 1)
+                best = (score, copy.deepcopy(evaluated.state_dict()), step + 1)
     if best[1] is not None:
         model.load_state_dict(best[1])
     history["kept_step"], history["best_val_score"] = best[2], best[0]

@@ -16,6 +16,7 @@ SEG = [
     "--set", "model.name=segdec", "--set", "model.width=0.25",
     "--set", "train.crop_steps=20", "--set", "train.crop_size=32", "--set", "train.float_steps=40",
     "--set", "train.qat_steps=20", "--set", "train.batch_size=8", "--set", "train.eval_every=20",
+    "--set", "train.ema=0.9", "--set", "train.qat_ema=0.9",  # the kept states are weight averages
     "--set", "fpga.target_fps=2000.0", "--set", "fpga.parity_images=8",
     "--set", "gates.check_quality=false",  # a model trained 60 steps: parity is what this checks
 ]

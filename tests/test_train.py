@@ -93,3 +93,38 @@ def test_qat_distilling_from_the_float_model_moves_towards_it(small, one_torch_t
         p = torch.softmax(torch.as_tensor(predict(qat, small.val)), 1)
         gaps[distill] = float((p - torch.softmax(torch.as_tensor(ref), 1)).abs().mean())
     assert gaps[1.0] < gaps[0.0], gaps
+
+
+def test_the_weight_average_is_the_ramped_ema_of_the_steps():
+    from quant.weight_average import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    avg = WeightAverage(model, decay=0.9)
+    expect = model[0].weight.detach().clone()
+    for n in range(1, 6):
+        with torch.no_grad():
+            model[0].weight += 1.0
+        model[1].num_batches_tracked += 1
+        avg.update(model)
+        d = min(0.9, (1 + n) / (10 + n))
+        expect = d * expect + (1 - d) * model[0].weight.detach()
+    averaged = avg.model(model)
+    assert torch.allclose(averaged[0].weight, expect)
+    assert int(averaged[1].num_batches_tracked) == 5  # integers follow the model
+    assert averaged is not model and not torch.equal(averaged[0].weight, model[0].weight)
+
+
+def test_qat_with_a_weight_average_keeps_the_average(small, one_torch_thread):
+    """train.qat_ema: what is validated and kept is the averaged Brevitas model (its quantizer
+    scales averaged too), and it still predicts like a trained model."""
+    from quant.train import predict
+
+    torch.manual_seed(0)
+    float_model = create_model("resnet8", 2, (16, 16), width=0.5, quantized=False)
+    fit(float_model, small, TrainConfig(patience=5), epochs=2, lr=1e-2, seed=0, label="float", ema=0.9)
+    qat = create_model("resnet8", 2, (16, 16), width=0.5)
+    load_float_weights(qat, float_model)
+    hist = fit(qat, small, TrainConfig(patience=5), epochs=2, lr=1e-3, seed=1, label="qat", ema=0.9)
+    logits = predict(qat, small.val)
+    assert np.isfinite(logits).all() and np.isfinite(hist["best_val_nll"])
+    assert hist["best_val_nll"] == pytest.approx(_nll(logits, small.val.labels), rel=1e-5)

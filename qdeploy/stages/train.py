@@ -51,16 +51,17 @@ def train_phase(ctx: Context, model, phase: str, teacher=None) -> dict:
     lr, seed = (qat_lr(t), r.seed + 1) if qat else (t.lr, r.seed)
     label = f"W{r.model.weight_bits}A{r.model.act_bits}" if qat else "float"
     freeze = t.qat_freeze_bn_after if qat else None
+    ema = t.qat_ema if qat else t.ema
     if not segmentation(ctx):
         return fit(model, splits(ctx), t, t.qat_epochs if qat else t.float_epochs, lr, seed, label, freeze_bn_from=freeze,
-                   teacher=teacher)
+                   teacher=teacher, ema=ema)
     if teacher is not None and t.qat_distill > 0:
         raise UserError(f"train.qat_distill: {r.model.name} (two outputs, step budgets) does not distil: set it to 0")
     from quant.train_seg import fit_segdec
 
     steps = t.qat_steps if qat else t.float_steps
     return fit_segdec(model, splits(ctx), t, steps, lr, seed, label, crop_steps=0 if qat else t.crop_steps,
-                      freeze_bn_from=None if freeze is None else freeze / steps)
+                      freeze_bn_from=None if freeze is None else freeze / steps, ema=ema)
 
 
 def segmentation(ctx: Context) -> bool:
