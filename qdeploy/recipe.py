@@ -92,6 +92,9 @@ class ModelConfig(_Section):
     weight_bits: int = Field(4, ge=2, le=8)
     act_bits: int = Field(4, ge=2, le=8)
     input_bits: int = Field(8, ge=2, le=8)
+    # weight bits of the first conv and of the classifier (None: weight_bits): 8 keeps the two
+    # layers QAT is most sensitive to near float, for a small share of the FPGA's resources
+    edge_weight_bits: Optional[int] = Field(None, ge=2, le=8)
 
 
 class TrainConfig(_Section):

@@ -50,7 +50,7 @@ class EffNetLite(nn.Module):
         c = lambda ch: make_divisible(ch * width)  # noqa: E731
         self.input_quant = L.input_quant()
         stem = c(32)
-        self.stem = nn.Sequential(L.conv(1, stem, 3, 2), nn.BatchNorm2d(stem), L.relu6())
+        self.stem = nn.Sequential(L.conv(1, stem, 3, 2, edge=True), nn.BatchNorm2d(stem), L.relu6())
         size = conv_out(in_size, 2)
         blocks, cin = [], stem
         for expand, ch, n, stride in LITE0:

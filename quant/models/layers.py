@@ -73,6 +73,7 @@ class Bits:
     weight: int
     act: int
     input: int
+    edge_weight: Optional[int] = None  # the first conv's and the classifier's weights; None: `weight`
 
 
 class Layers:
@@ -93,12 +94,17 @@ class Layers:
         return self._qnn.QuantIdentity(act_quant=self._q["input"], bit_width=self.bits.input,
                                        return_quant_tensor=True)
 
-    def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Module:
+    def _weight_bits(self, edge: bool) -> int:
+        return self.bits.edge_weight or self.bits.weight if edge else self.bits.weight
+
+    def conv(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, edge: bool = False) -> nn.Module:
+        """edge: the network's first layer (its weights take Bits.edge_weight, as FINN's and
+        the QAT literature's models keep the first and last layers at 8 bits)."""
         pad = kernel // 2
         if not self.quantized:
             return nn.Conv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False)
         return self._qnn.QuantConv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False,
-                                     weight_quant=self._q["weight"], weight_bit_width=self.bits.weight,
+                                     weight_quant=self._q["weight"], weight_bit_width=self._weight_bits(edge),
                                      return_quant_tensor=True)
 
     def relu(self) -> nn.Module:
@@ -129,11 +135,12 @@ class Layers:
         return self._qnn.TruncAvgPool2d(kernel_size=size, stride=size, trunc_quant=self._q["trunc"],
                                         bit_width=bits, return_quant_tensor=True)
 
-    def linear(self, cin: int, cout: int) -> nn.Module:
+    def linear(self, cin: int, cout: int, edge: bool = True) -> nn.Module:
+        """The classifier (edge: its weights take Bits.edge_weight)."""
         if not self.quantized:
             return nn.Linear(cin, cout, bias=False)
         return self._qnn.QuantLinear(cin, cout, bias=False, weight_quant=self._q["weight"],
-                                     weight_bit_width=self.bits.weight, return_quant_tensor=False)
+                                     weight_bit_width=self._weight_bits(edge), return_quant_tensor=False)
 
 
 def pool_bits(act_bits: int, size: tuple[int, int]) -> int:

@@ -62,7 +62,7 @@ def model_info(name: str) -> ModelInfo:
 
 def create_model(name: str, num_classes: int, in_size: tuple[int, int] = (64, 64), width: float = 1.0,
                  weight_bits: int = 4, act_bits: int = 4, input_bits: int = 8,
-                 quantized: bool = True) -> nn.Module:
+                 quantized: bool = True, edge_weight_bits: int | None = None) -> nn.Module:
     """Build a model: input float [N,1,H,W] in [0,1], output float logits [N,num_classes].
 
     The returned module carries `create_args` (this call's arguments, JSON-serialisable) so a
@@ -74,18 +74,19 @@ def create_model(name: str, num_classes: int, in_size: tuple[int, int] = (64, 64
     in_size = _check_size(name, in_size)
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 4:
         raise UserError(f"model {name}: width must be a number in (0, 4], got {width!r}")
-    for key, value in (("weight_bits", weight_bits), ("act_bits", act_bits), ("input_bits", input_bits)):
+    checked = (("weight_bits", weight_bits), ("act_bits", act_bits), ("input_bits", input_bits))
+    for key, value in checked + ((("edge_weight_bits", edge_weight_bits),) if edge_weight_bits is not None else ()):
         if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
             raise UserError(f"model {name}: {key} must be an integer from 2 to 8 (2, 3, ..., 8), got {value!r}")
     info = _INFO[name]
     if quantized and info.int8_only:
         raise UserError(f"{name} uses SiLU and squeeze-excite, which FINN cannot lower; use it for targets "
                         f"npu/gpu (INT8 via NNCF) or choose {'|'.join(list_fpga_models())} for fpga")
-    bits = Bits(weight_bits, act_bits, input_bits) if quantized else None
+    bits = Bits(weight_bits, act_bits, input_bits, edge_weight_bits) if quantized else None
     model = _ENTRYPOINTS[name](num_classes, in_size, float(width), bits)
     model.create_args = dict(name=name, num_classes=num_classes, in_size=list(in_size), width=float(width),
                              weight_bits=weight_bits, act_bits=act_bits, input_bits=input_bits,
-                             quantized=bool(quantized))
+                             quantized=bool(quantized), edge_weight_bits=edge_weight_bits)
     return model
 
 

@@ -44,7 +44,7 @@ class ResNet(nn.Module):
         """stages: (channels, blocks, first-block stride) per stage."""
         super().__init__()
         self.input_quant = L.input_quant()
-        self.stem = nn.Sequential(L.conv(1, stem, 3, 2), nn.BatchNorm2d(stem), L.relu())
+        self.stem = nn.Sequential(L.conv(1, stem, 3, 2, edge=True), nn.BatchNorm2d(stem), L.relu())
         size = conv_out(in_size, 2)
         blocks, cin = [], stem
         for cout, n, stride in stages:
