@@ -19,14 +19,15 @@ from pathlib import Path
 from rich.table import Table
 
 from core import machine
-from core.atomic import write_json
+from core.atomic import write_json, write_text
 from core.console import console
 from core.errors import UserError
 from core.layout import STAGE_MARKER
-from reference.seed_spread import SWEEP_SCHEMA, run_metrics, spread
+from reference.seed_spread import SWEEP_SCHEMA, render_markdown, run_metrics, spread
 
 SWEEP_DIR = "sweep"
 SWEEP = "sweep.json"
+SWEEP_TABLE = "sweep.md"  # the same as a markdown table (docs/RESULTS.md quotes it)
 SEED_LOG = "train.log"
 # rows of the console table (every metric is in sweep.json)
 _SHOWN = ("test accuracy", "test defect_f1", "test ap", "test auroc", "test pixel dice")
@@ -111,13 +112,19 @@ def write_sweep(ctx, seeds: list[int], isa: str, out: Path) -> Path:
         minutes[str(seed)] = round(sum(marker["time_per_step_s"].values()) / 60, 2)
     stats = spread(runs)
     path = out / SWEEP
-    write_json(path, {"schema": SWEEP_SCHEMA, "recipe": ctx.recipe.name, "seeds": seeds, "isa": isa,
-                      "machine": machines[0], "machines_differ": any(m != machines[0] for m in machines),
-                      "machine_summary": machine.summary(machines[0]), "train_minutes_by_seed": minutes,
-                      "spread": stats})
+    sweep = {"schema": SWEEP_SCHEMA, "recipe": ctx.recipe.name, "seeds": seeds, "isa": isa,
+             "machine": machines[0], "machines_differ": any(m != machines[0] for m in machines),
+             "machine_summary": machine.summary(machines[0]), "train_minutes_by_seed": minutes, "spread": stats}
+    write_json(path, sweep)
+    write_text(out / SWEEP_TABLE, render_markdown(sweep, _shown(stats)))
     _print_table(ctx.recipe, stats, seeds, machines[0])
     console.print(f"sweep: {path}")
     return path
+
+
+def _shown(stats: dict) -> tuple[str, ...]:
+    return tuple(f"{m} {k}" for m in ("float", "qat") for k in _SHOWN) + tuple(
+        sorted(k for k in stats if k.startswith("qat cost")))
 
 
 def _print_table(r, stats: dict, seeds: list[int], ident: dict) -> None:
@@ -125,8 +132,7 @@ def _print_table(r, stats: dict, seeds: list[int], ident: dict) -> None:
     for col in ("metric", "mean", "sd", "min", "max", *[f"seed {s}" for s in seeds]):
         table.add_column(col, justify="left" if col == "metric" else "right")
     label = {"float": "float", "qat": f"W{r.model.weight_bits}A{r.model.act_bits}"}
-    keys = [f"{m} {k}" for m in ("float", "qat") for k in _SHOWN] + sorted(k for k in stats if k.startswith("qat cost"))
-    for key in keys:
+    for key in _shown(stats):
         if key not in stats:
             continue
         s = stats[key]

@@ -60,7 +60,22 @@ def spread(runs: dict[int, dict[str, float]]) -> dict[str, dict]:
     return out
 
 
-def headline(stats: dict, key: str) -> str:
-    """e.g. "0.9926 +- 0.0016 (min 0.9917, 3 seeds)"."""
-    s = stats[key]
-    return f"{s['mean']:.4f} +- {s['sd']:.4f} (min {s['min']:.4f}, max {s['max']:.4f}, {s['n']} seeds)"
+def render_markdown(sweep: dict, keys: tuple[str, ...]) -> str:
+    """A sweep.json as a markdown table: one row per metric in `keys` that it holds, mean +- sd,
+    min, max and each seed's value; the machine and the seeds under it."""
+    seeds = [str(s) for s in sweep["seeds"]]
+    lines = ["| metric | mean +- sd | min | max | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|---|---|---|" + "---|" * len(seeds)]
+    for key in keys:
+        s = sweep["spread"].get(key)
+        if s is None:
+            continue
+        digits = 2 if key.startswith("qat cost") else 4
+        cells = [f"{s['mean']:.{digits}f} +- {s['sd']:.{digits}f}", f"{s['min']:.{digits}f}", f"{s['max']:.{digits}f}"]
+        cells += [f"{s['by_seed'][x]:.{digits}f}" if x in s["by_seed"] else "" for x in seeds]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    minutes = sweep.get("train_minutes_by_seed", {})
+    lines.append("")
+    lines.append(f"{sweep['recipe']}, seeds {', '.join(seeds)}, {sweep['isa']} kernels: {sweep['machine_summary']}; "
+                 f"training minutes per seed: {', '.join(f'{minutes[x]:.1f}' for x in seeds if x in minutes)}.")
+    return "\n".join(lines) + "\n"

@@ -51,6 +51,9 @@ def test_sweep_aggregates_what_each_seed_measured(swept):
         assert result["spread"][key]["sd"] == pytest.approx(statistics.stdev(values))
         assert result["spread"][key]["min"] == min(values)
     assert result["seeds"] == [3, 4] and "W4A4 test accuracy" in console
+    table = (out / "sweep.md").read_text()
+    acc = result["spread"]["qat test accuracy"]
+    assert f"| qat test accuracy | {acc['mean']:.4f} +- {acc['sd']:.4f} |" in table and result["machine_summary"] in table
     # the seed is each run's seed: different splits of the generated data, different models
     sizes = [per_seed[s]["split_sizes"] for s in (3, 4)]
     assert sizes[0] == sizes[1]
