@@ -33,3 +33,27 @@ def test_a_signal_mid_training_is_one_line_and_resumable(tmp_path, sig):
     leftovers = [p for p in build.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
     assert leftovers == []
     assert not (build / "default" / "train" / "stage.json").exists()
+
+
+def test_sigterm_to_a_sweep_stops_its_training_children_too(tmp_path):
+    """`qdeploy sweep` trains in child processes: a SIGTERM to the sweep stops them (each
+    child says so in its log, keeps nothing half-written) and the sweep exits 143."""
+    build = tmp_path / "build"
+    cmd = [sys.executable, "-m", "qdeploy", "sweep", "--build-dir", str(build), "--seeds", "0", "1", "--jobs", "2",
+           "--set", "dataset.size=[32, 32]", "--set", "dataset.num_images=400", "--set", "train.float_epochs=200",
+           "--set", "train.patience=200"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=os.getcwd())
+    logs = [build / "default" / "sweep" / "native" / f"seed{s}" / "train.log" for s in (0, 1)]
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not all(
+            log.is_file() and "step_train_float" in log.read_text() for log in logs):
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "Traceback" not in err
+    for log in logs:
+        assert "qdeploy: stopped by SIGTERM" in log.read_text()
+    assert not any(p.name == "stage.json" for p in build.rglob("*"))
+    assert [p for p in build.rglob("*") if ".tmp" in p.name] == []
