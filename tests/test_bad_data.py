@@ -187,7 +187,7 @@ def test_an_os_error_on_an_input_is_not_blamed_on_the_build_dir(tmp_path, capsys
 
     root = _base(tmp_path)
 
-    def refuse(kind, path, ok):
+    def refuse(kind, path, ok, boxes=None):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path / "ok"))
 
     monkeypatch.setattr(quant.data.splits, "list_dataset", refuse)
