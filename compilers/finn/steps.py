@@ -14,11 +14,13 @@ work as they are. Our own steps replace them where something had to change:
 - create_dataflow_partition:  a graph that does not partition is a UserError naming the
                               node; the parent graph is written atomically.
 - folding:                    the seam where a folding plugin (compilers.finn.folding) plugs in;
-                              FINN's SetFolding when none is given.
+                              FINN's SetFolding when none is given, else FINN's SetFolding on a
+                              fresh copy of the unfolded model as the comparison.
 - estimate_reports:           FINN's analyses and report formats, written atomically.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,6 +312,7 @@ def folding(model, cfg: FlowConfig):
     from finn.util.config import extract_model_config
 
     model = model.transform(GiveUniqueNodeNamesRecursive())
+    fresh = copy.deepcopy(model)  # before any folding: FINN's SetFolding for comparison starts here too
     if cfg.folding is None:
         cycles = cfg.finn._resolve_cycles_per_frame()
         model = model.transform(SetFolding(cycles, mvau_wwidth_max=cfg.finn.mvau_wwidth_max, two_pass_relaxation=True))
@@ -320,10 +323,19 @@ def folding(model, cfg: FlowConfig):
         cfg.notes["folding"] = {"method": getattr(cfg.folding, "__qualname__", repr(cfg.folding)),
                                 "plugin_est_fps": float(plan.est_fps)}
         if hasattr(plan, "to_report"):  # kept with the flow's notes: a resumed flow still has it
-            cfg.notes["folding"].update(plan=plan.to_report(), comparison=dict(getattr(plan, "comparison", {})))
+            cfg.notes["folding"]["plan"] = plan.to_report()
+        cfg.notes["folding"]["comparison"] = {"setfolding": setfolding_comparison(fresh, cfg)}
     model = model.transform(GiveUniqueNodeNamesRecursive())
     write_json(cfg.report_dir / "folding_config.json", extract_model_config(model, None, FOLDING_ATTRS))
     return model
+
+
+def setfolding_comparison(unfolded, cfg: FlowConfig) -> dict:
+    """FINN's own SetFolding at the same target on the model before our folding touched it
+    (compilers.finn.folding.finn_setfolding: a copy, FINN's estimates), for the report."""
+    from compilers.finn.folding import finn_setfolding
+
+    return finn_setfolding(unfolded, cfg.part, cfg.clock_mhz, cfg.target_fps, cfg.budget).summary()
 
 
 def transpose_decomposition(model, cfg: FlowConfig):
