@@ -24,9 +24,14 @@ def weight_kw(bits: int) -> dict:
     return dict(weight_quant=SignedBinaryWeightPerTensorConst) if bits == 1 else dict(weight_bit_width=bits)
 
 
-def act(bits: int) -> nn.Module:
+def act(bits: int, per_channel: int = 0) -> nn.Module:
+    """A quantized activation; per_channel=C: one scale per channel (of C channels)."""
     if bits == 1:
         return qnn.QuantIdentity(act_quant=SignedBinaryActPerTensorConst, return_quant_tensor=True)
+    if per_channel:
+        return qnn.QuantReLU(bit_width=bits, scaling_per_output_channel=True,
+                             per_channel_broadcastable_shape=(1, per_channel, 1, 1), scaling_stats_permute_dims=(1, 0, 2, 3),
+                             return_quant_tensor=True)
     return qnn.QuantReLU(bit_width=bits, return_quant_tensor=True)
 
 
@@ -113,13 +118,20 @@ class ResNet(nn.Module):
 class MobileNet(nn.Module):
     """MobileNet-v1 style: stride-2 stem, depthwise 3x3 -> pointwise 1x1 blocks, pool, linear."""
 
-    def __init__(self, channels=3, size=16, wbits=4, abits=4, classes=4, width=8):
+    def __init__(self, channels=3, size=16, wbits=4, abits=4, classes=4, width=8, per_channel=""):
+        """per_channel: "" per-tensor activation scales; "dw": per-channel scales on the activations
+        that feed depthwise convs; "all": on every activation."""
         super().__init__()
         c = width
-        layers = [conv(channels, c, wbits, s=2), nn.BatchNorm2d(c), act(abits)]
-        for cout, s in [(2 * width, 2), (2 * width, 1)]:
-            layers += [conv(c, c, wbits, s=s, groups=c), nn.BatchNorm2d(c), act(abits),
-                       conv(c, cout, wbits, k=1), nn.BatchNorm2d(cout), act(abits)]
+
+        def pc(n, feeds_dw):
+            return n if per_channel == "all" or (per_channel == "dw" and feeds_dw) else 0
+
+        layers = [conv(channels, c, wbits, s=2), nn.BatchNorm2d(c), act(abits, pc(c, True))]
+        blocks = [(2 * width, 2), (2 * width, 1)]
+        for i, (cout, s) in enumerate(blocks):
+            layers += [conv(c, c, wbits, s=s, groups=c), nn.BatchNorm2d(c), act(abits, pc(c, False)),
+                       conv(c, cout, wbits, k=1), nn.BatchNorm2d(cout), act(abits, pc(cout, i + 1 < len(blocks)))]
             c = cout
         self.body = nn.Sequential(*layers)
         self.pool = qnn.TruncAvgPool2d(kernel_size=size // 4, stride=size // 4, trunc_quant=TruncTo8bit)

@@ -198,6 +198,9 @@ MATRIX = {
     "vgg-w2a2": (M.VGG, dict(channels=3, size=12, wbits=2, abits=2), False),
     "mlp-w1a1": (M.MLP, dict(channels=1, size=28, wbits=1, abits=1), True),
     "resnet-w4a4": (M.ResNet, dict(channels=3, size=8, wbits=4, abits=4, width=4), False),
+    # per-channel activation scales in front of the depthwise convs (moved past them, absorbed)
+    "mobilenet-w4a4-per-channel": (M.MobileNet, dict(channels=3, size=8, wbits=4, abits=4, width=4, per_channel="dw"),
+                                   True),
 }
 
 
@@ -233,3 +236,26 @@ def test_padded_bipolar_conv_stops_before_the_flow_naming_layer_and_rule(tmp_pat
     code, err = _cli_build(tmp_path, capsys, path, samples)
     assert_user_error(code, err, ("layer 'body.3'", "[bipolar-padding]", "padding=0"))
     assert not list((tmp_path / "build").rglob("intermediate_models"))
+
+
+def test_per_channel_scale_in_front_of_a_pointwise_conv_stops_before_the_flow(tmp_path, capsys):
+    path, _ = _exported(tmp_path, M.MobileNet, True, channels=3, size=8, width=4, per_channel="all")
+    samples = tmp_path / "samples.npy"
+    np.save(samples, M.images(4, 3, 8))
+    code, err = _cli_build(tmp_path, capsys, path, samples)
+    assert_user_error(code, err, ("layer 'body.6'", "Conv", "[channel-scale]", "'body.5'", "per tensor"))
+    assert not list((tmp_path / "build").rglob("intermediate_models"))
+
+
+def test_a_scale_streamlining_left_is_named_at_partitioning(tmp_path, monkeypatch):
+    """The backstop behind the preflight: were the per-channel scales in front of the depthwise
+    convs not moved, the partition step names the conv and the scale (not 'has no hardware layer')."""
+    from compilers.finn import lower
+    from compilers.finn import steps as S
+    from targets.fpga_parts import get_part
+
+    monkeypatch.setattr(S, "move_channel_scales_past_depthwise", lambda model: (model, []))
+    path, _ = _exported(tmp_path, M.MobileNet, False, channels=3, size=8, width=4, per_channel="dw")
+    with pytest.raises(UserError, match=r"node MatMul_\d+ \(MatMul\) reads a float tensor produced by (Elementwise)?Mul_\d+ "
+                                        r"\((Elementwise)?Mul, a per-channel scale\) that streamlining could not absorb"):
+        lower(path, tmp_path / "fpga", get_part(PART), 200.0, target_fps=1000, log=lambda s: None)

@@ -30,6 +30,10 @@ Rules (see ../shared/notes/fpga-finn.md for what was measured):
                    flat vectors; flatten each input and concatenate on the last axis.
 - concat-scale:    a Concat of quantized tensors with different scales: quantize every
                    input with the same QuantReLU / QuantIdentity instance.
+- channel-scale:   an activation quantizer with one scale per channel feeding a regular
+                   (not depthwise) Conv, a MatMul / Gemm or a pool: FINN moves a per-channel
+                   float scale only past depthwise convs, so the layer keeps a float input
+                   and stays in software (partitioning fails).
 - bipolar-padding: a padded Conv reading bipolar (1-bit signed, BipolarQuant) activations:
                    FINN computes it as XNOR-popcount on {0, 1} bits, where a padded zero
                    counts as -1 (FINN's CNV-W1A1 uses padding=0 for this).
@@ -105,6 +109,7 @@ RULES = (
     "avgpool-after-maxpool",
     "avgpool",
     "conv-1d-map",
+    "channel-scale",
     "bipolar-padding",
     "concat-shape",
     "concat-scale",
@@ -282,6 +287,8 @@ def find_problems(model) -> list[Problem]:
             _check_residual(g, node, add)
         elif op == "Concat":
             _check_concat(g, node, add)
+        if op == "Quant" and not g.is_const(node.input[0]):
+            _check_channel_scale(g, node, problems)
         if op == "MaxPool" and len(g.consumers.get(node.output[0], [])) > 1:
             add(node, "maxpool-fork", "a MaxPool whose output feeds several nodes corrupts FINN's "
                 "layout conversion; use a stride-2 conv stem (or a single consumer)")
@@ -373,6 +380,40 @@ def _check_residual(g: _Graph, node, add) -> None:
     if not same:
         add(node, "residual-scale", "the two operands of this residual Add are quantized with different "
             "scales; quantize both with the same QuantIdentity instance")
+
+
+def _check_channel_scale(g: _Graph, quant, problems: list) -> None:
+    """A per-channel activation scale must reach only depthwise convs (FINN's MoveMulPastDWConv)."""
+    scale = g.model.get_initializer(quant.input[1])
+    if scale is None or np.size(scale) <= 1:
+        return
+    todo, seen = list(g.consumers.get(quant.output[0], [])), set()
+    while todo:
+        node = todo.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in _TRANSPARENT - {"Concat"} and node.op_type != "Relu":
+            todo += g.consumers.get(node.output[0], [])
+            continue
+        if node.op_type == "Conv" and _is_depthwise(g, node):
+            continue
+        if node.op_type in _COMPUTE or node.op_type in _POOLS:
+            who = layer_name(quant)
+            problems.append(Problem(
+                node.name, node.op_type, layer_name(node), "channel-scale",
+                f"it reads a float tensor scaled per channel by the activation quantizer "
+                f"{f'{who!r} ' if who else ''}(node {quant.name}), a scale streamlining cannot absorb in front of a "
+                f"{'regular conv' if node.op_type == 'Conv' else node.op_type + ' node'}: quantize that activation per tensor "
+                "(scaling_per_output_channel=False); per-channel scales lower only in front of depthwise convs"))
+
+
+def _is_depthwise(g: _Graph, node) -> bool:
+    from qonnx.util.basic import get_by_name
+
+    group = get_by_name(node.attribute, "group")
+    shape = g.shape(node.input[0])
+    return group is not None and group.i > 1 and shape is not None and len(shape) == 4 and group.i == shape[1]
 
 
 def _padded(node) -> bool:
