@@ -44,7 +44,8 @@ class VGG(nn.Module):
     """CIFAR-style conv stack ending in a 3x3 conv on a 3x3 map (1x1 output), then linear.
 
     pad=1 (size 12): conv, conv, pool, conv, pool, conv(pad 0).
-    pad=0 (size 14, FINN's CNV layout): conv, conv, pool, conv, conv; every conv unpadded.
+    pad=0 (FINN's CNV layout, every conv unpadded): size 14: conv, conv, pool, conv, conv;
+    size 32: (conv, conv, pool) x2, conv, conv (CNV-W1A1/W2A2 at width 64).
     """
 
     def __init__(self, channels=3, size=12, wbits=2, abits=2, classes=4, width=8, pad=1):
@@ -58,12 +59,16 @@ class VGG(nn.Module):
             assert size == 12, "pad=1: the last conv reads a 3x3 map at size 12"
             layers = block(channels, w, 1) + block(w, w, 1) + [nn.MaxPool2d(2)] + block(w, 2 * w, 1) \
                 + [nn.MaxPool2d(2)] + block(2 * w, 2 * w, 0)
-        else:
-            assert size == 14, "pad=0: the last conv reads a 3x3 map at size 14"
+        elif size == 14:
             layers = block(channels, w, 0) + block(w, w, 0) + [nn.MaxPool2d(2)] + block(w, 2 * w, 0) \
                 + block(2 * w, 2 * w, 0)
+        else:  # FINN's CNV: 32 -> 30 -> 28 -> 14 -> 12 -> 10 -> 5 -> 3 -> 1
+            assert size == 32, "pad=0: the last conv reads a 3x3 map at size 14 or 32"
+            layers = block(channels, w, 0) + block(w, w, 0) + [nn.MaxPool2d(2)] + block(w, 2 * w, 0) \
+                + block(2 * w, 2 * w, 0) + [nn.MaxPool2d(2)] + block(2 * w, 4 * w, 0) + block(4 * w, 4 * w, 0)
         self.body = nn.Sequential(*layers)
-        self.fc = qnn.QuantLinear(2 * w, classes, bias=False, **weight_kw(wbits))
+        last = 4 * w if size == 32 else 2 * w
+        self.fc = qnn.QuantLinear(last, classes, bias=False, **weight_kw(wbits))
 
     def forward(self, x):
         return self.fc(torch.flatten(self.body(x), 1))

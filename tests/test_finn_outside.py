@@ -230,6 +230,29 @@ def test_outside_model_lowers_through_the_cli_bit_exact(tmp_path, capsys, name):
     assert "Traceback" not in out.err
 
 
+FULL = {
+    "cnv-w1a1-32": (M.VGG, dict(channels=3, size=32, wbits=1, abits=1, pad=0, width=16), True, 1000),
+    "cnv-w2a2-32": (M.VGG, dict(channels=3, size=32, wbits=2, abits=2, pad=0, width=16), False, 1000),
+    "mlp-w1a1-28": (M.MLP, dict(channels=1, size=28, wbits=1, abits=1, width=256), True, 10000),
+    "mobilenet-w4a4-64": (M.MobileNet, dict(channels=3, size=64, wbits=4, abits=4, width=16, per_channel="dw"), True,
+                          1000),
+    "resnet-w4a4-32": (M.ResNet, dict(channels=3, size=32, wbits=4, abits=4, width=16), False, 1000),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FULL))
+def test_full_size_outside_model_lowers_through_the_cli_bit_exact(tmp_path, capsys, name):
+    cls, kw, dynamo, fps = FULL[name]
+    path, _ = _exported(tmp_path, cls, dynamo, **kw)
+    pixels = M.images(64, kw["channels"], kw["size"], seed=12)
+    code, err = _cli_build(tmp_path, capsys, path, _samples_dir(tmp_path, pixels), "--set", f"fpga.target_fps={fps}")
+    assert code == 0, err[-3000:]
+    summary = json.loads((tmp_path / "build" / "default" / "fpga-byom" / cls.__name__ / "byom_summary.json").read_text())
+    assert summary["bit_exact"] and all(p["n"] == 64 and p["exact"] for p in summary["parity"])
+    assert summary["est_fps"] >= fps
+
+
 def test_padded_bipolar_conv_stops_before_the_flow_naming_layer_and_rule(tmp_path, capsys):
     path, _ = _exported(tmp_path, M.VGG, True, channels=3, size=12, wbits=1, abits=1)
     samples = _samples_dir(tmp_path, M.images(4, 3, 12))

@@ -343,12 +343,12 @@ def folding(model, cfg: FlowConfig):
     from finn.util.config import extract_model_config
 
     model = model.transform(GiveUniqueNodeNamesRecursive())
-    fresh = copy.deepcopy(model)  # before any folding: FINN's SetFolding for comparison starts here too
     if cfg.folding is None:
         cycles = cfg.finn._resolve_cycles_per_frame()
         model = model.transform(SetFolding(cycles, mvau_wwidth_max=cfg.finn.mvau_wwidth_max, two_pass_relaxation=True))
         cfg.notes["folding"] = {"method": "finn.SetFolding", "target_cycles_per_frame": cycles}
     else:
+        fresh = copy.deepcopy(model)  # unfolded: FINN's SetFolding for the comparison starts from here
         plan = cfg.folding(model, cfg.part, cfg.clock_mhz, cfg.target_fps, cfg.budget)
         model = model.transform(ApplyConfig(dict(plan.config)))
         cfg.notes["folding"] = {"method": getattr(cfg.folding, "__qualname__", repr(cfg.folding)),
