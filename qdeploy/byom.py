@@ -3,43 +3,20 @@ same FPGA flow, with the QONNX graph itself, executed by qonnx, as the parity re
 
     qdeploy build --target fpga --model their.qonnx.onnx --samples images/
 
-Sample images are read as uint8 grayscale at the model's input size (no resizing: the
-model sees exactly what the hardware will). Artifacts go to build/<recipe>/fpga-byom/<model>/.
+Samples are images (grayscale or RGB) or .npy arrays of any channel count, as uint8 at the
+model's input size (qdeploy.samples; resized only with --resize: otherwise the model sees
+exactly what the hardware will). The model takes pixels / 255. Artifacts go to
+build/<recipe>/fpga-byom/<model>/; the summary compares our folding with FINN's SetFolding
+run on the same unfolded model.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from core.atomic import write_json
 from core.console import console
 from core.errors import UserError
 from qdeploy.steps import Context
-
-MAX_SAMPLES = 1000
-
-
-def read_samples(folder: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    """Every image in `folder` (sorted by name) as uint8 [N, C, H, W] for a model input of `shape` (C, H, W)."""
-    from quant.data.images import is_image_file, read_gray
-
-    c, h, w = shape
-    if c != 1:
-        raise UserError(f"the model takes {c} input channels; qdeploy's samples are grayscale (1 channel)")
-    if not folder.is_dir():
-        raise UserError(f"--samples {folder} is not a folder of images")
-    files = sorted(p for p in folder.iterdir() if is_image_file(p))[:MAX_SAMPLES]
-    if not files:
-        raise UserError(f"--samples {folder} holds no images (png, jpg, bmp, tif)")
-    out = np.empty((len(files), 1, h, w), dtype=np.uint8)
-    for i, f in enumerate(files):
-        img = read_gray(f)
-        if img.shape != (h, w):
-            raise UserError(f"{f} is {img.shape[1]}x{img.shape[0]} but the model takes {w}x{h}: "
-                            f"resize the samples to the model's input size")
-        out[i, 0] = img
-    return out
 
 
 def input_shape(model, path: Path) -> tuple[int, int, int]:
@@ -66,9 +43,10 @@ def input_shape(model, path: Path) -> tuple[int, int, int]:
     return dims[1], dims[2], dims[3]
 
 
-def build_own_model(ctx: Context, target: str, model_path: Path, samples: str | None) -> None:
+def build_own_model(ctx: Context, target: str, model_path: Path, samples: str | None, resize: bool = False) -> None:
     from compilers.finn.flow import load_qonnx, lower
     from compilers.finn.folding import fold
+    from qdeploy.samples import read_samples
     from targets.fpga_parts import get_part
 
     if target != "fpga":
@@ -84,12 +62,15 @@ def build_own_model(ctx: Context, target: str, model_path: Path, samples: str | 
     part = get_part(r.part)
     model = load_qonnx(model_path)
     shape = input_shape(model, model_path)
-    pixels = read_samples(Path(samples), shape)
+    pixels = read_samples(Path(samples), shape, resize=resize)
     out = ctx.build_dir / "fpga-byom" / model_path.name.split(".")[0]
     result = lower(model_path, out, part, r.clock_mhz, r.target_fps, r.budget, samples_uint8=pixels,
                    reference_logits=None, folding=fold, log=lambda msg: console.print(f"  {msg}"))
     write_json(out / "byom_summary.json", result.to_dict())
     worst = [p for p in result.parity if not p.exact]
+    sf = result.notes["folding"]["comparison"]["setfolding"]
+    console.print(f"  FINN's own folding (SetFolding) at that target: {sf['est_fps']:,.0f} fps, {sf['LUT']:,.0f} LUT, "
+                  f"{sf['BRAM_18K']:,.0f} BRAM_18K (estimates)")
     console.print(f"{model_path.name}: estimated {result.est_fps:,.0f} fps on {part.name} (estimate); parity vs the "
                   f"QONNX graph on {len(pixels)} samples: "
                   + ("bit-exact at every stage" if not worst else f"{worst[0].stage} differs"))

@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", parents=[common], help="build a target artifact")
     b.add_argument("--target", required=True, help="fpga, npu or gpu")
     b.add_argument("--model", help="bring your own QONNX model (fpga only)")
-    b.add_argument("--samples", help="folder of sample images for --model parity")
+    b.add_argument("--samples", help="folder of sample images / .npy arrays (or one .npy file) for --model parity")
+    b.add_argument("--resize", action="store_true", help="resize --samples images to the model's input size")
     sw = sub.add_parser("sweep", parents=[common], help="train once per seed; mean, sd and worst seed of every metric")
     sw.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="N", help="seeds (default: 0 1 2)")
     sw.add_argument("--isa", default="native", help="native, or avx2: compute like an AVX2-only CPU (core.machine.ISA_CAPS)")
@@ -110,7 +111,7 @@ def _command(args, ctx) -> None:
         if args.model:
             from qdeploy.byom import build_own_model
 
-            build_own_model(ctx, args.target, Path(args.model), args.samples)
+            build_own_model(ctx, args.target, Path(args.model), args.samples, args.resize)
         else:
             from qdeploy.stages import run_plan
 

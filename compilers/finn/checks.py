@@ -30,6 +30,13 @@ Rules (see ../shared/notes/fpga-finn.md for what was measured):
                    flat vectors; flatten each input and concatenate on the last axis.
 - concat-scale:    a Concat of quantized tensors with different scales: quantize every
                    input with the same QuantReLU / QuantIdentity instance.
+- channel-scale:   an activation quantizer with one scale per channel feeding a regular
+                   (not depthwise) Conv, a MatMul / Gemm or a pool: FINN moves a per-channel
+                   float scale only past depthwise convs, so the layer keeps a float input
+                   and stays in software (partitioning fails).
+- bipolar-padding: a padded Conv reading bipolar (1-bit signed, BipolarQuant) activations:
+                   FINN computes it as XNOR-popcount on {0, 1} bits, where a padded zero
+                   counts as -1 (FINN's CNV-W1A1 uses padding=0 for this).
 - graph-io:        not exactly one input [1, C, H, W], no output, or an output no node
                    computes (a QuantTensor returned by forward()).
 """
@@ -102,6 +109,8 @@ RULES = (
     "avgpool-after-maxpool",
     "avgpool",
     "conv-1d-map",
+    "channel-scale",
+    "bipolar-padding",
     "concat-shape",
     "concat-scale",
 )
@@ -120,8 +129,31 @@ class Problem:
         return f"{source}: {where} cannot be lowered to FINN [{self.rule}]: {self.hint}"
 
 
+EXPORTED_NAME = "qdeploy.exported_name"  # a node's name as exported, kept across qonnx's renaming
+
+
+def keep_exported_names(model) -> None:
+    """Record each node's exported name (TorchScript: "/body/body.3/Conv") in its metadata,
+    in place, so a layer can still be named after qonnx's cleanup renames the node (Conv_1)."""
+    for node in model.graph.node:
+        if node.name and not any(p.key == EXPORTED_NAME for p in node.metadata_props):
+            prop = node.metadata_props.add()
+            prop.key, prop.value = EXPORTED_NAME, node.name
+
+
 def layer_name(node) -> str:
     """The PyTorch module path the torch exporter recorded for `node`, or ""."""
+    for prop in node.metadata_props:
+        if prop.key == EXPORTED_NAME and prop.value.startswith("/"):  # TorchScript: /body/body.3/Conv
+            path: list[str] = []
+            for part in prop.value.strip("/").split("/")[:-1]:
+                if "quant" in part or part in ("export_handler", "activation_impl", "fused_activation_quant_proxy"):
+                    break
+                if path and part.startswith(path[-1] + "."):  # a Sequential's child: body/body.3 -> body.3
+                    path[-1] = part
+                else:
+                    path.append(part)
+            return ".".join(path)
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":
             try:
@@ -187,6 +219,7 @@ def find_problems(model) -> list[Problem]:
     """Every reason FINN cannot lower `model` (a QONNX ModelWrapper), in graph order."""
     from qonnx.util.cleanup import cleanup_model
 
+    keep_exported_names(model)
     model = cleanup_model(model)
     g = _Graph(model)
     problems: list[Problem] = []
@@ -227,6 +260,9 @@ def find_problems(model) -> list[Problem]:
             why = _conv_1d_problem(g, node) if op == "Conv" else ""
             if why:
                 add(node, "conv-1d-map", why)
+            elif op == "Conv" and _padded(node) and _reads_bipolar(g, node.input[0]):
+                add(node, "bipolar-padding", "a padded conv reads bipolar (1-bit, +-1) activations: FINN's XNOR-popcount "
+                    "layer counts a padded zero as -1; use padding=0 here (as FINN's CNV-W1A1) or 2-bit activations")
             src = g.float_source(node.input[0])
             if src is not None:
                 problems.append(_float_input(src, node, "put a quantizer (QuantIdentity / QuantReLU) in front of it"))
@@ -251,6 +287,8 @@ def find_problems(model) -> list[Problem]:
             _check_residual(g, node, add)
         elif op == "Concat":
             _check_concat(g, node, add)
+        if op == "Quant" and not g.is_const(node.input[0]):
+            _check_channel_scale(g, node, problems)
         if op == "MaxPool" and len(g.consumers.get(node.output[0], [])) > 1:
             add(node, "maxpool-fork", "a MaxPool whose output feeds several nodes corrupts FINN's "
                 "layout conversion; use a stride-2 conv stem (or a single consumer)")
@@ -342,6 +380,55 @@ def _check_residual(g: _Graph, node, add) -> None:
     if not same:
         add(node, "residual-scale", "the two operands of this residual Add are quantized with different "
             "scales; quantize both with the same QuantIdentity instance")
+
+
+def _check_channel_scale(g: _Graph, quant, problems: list) -> None:
+    """A per-channel activation scale must reach only depthwise convs (FINN's MoveMulPastDWConv)."""
+    scale = g.model.get_initializer(quant.input[1])
+    if scale is None or np.size(scale) <= 1:
+        return
+    todo, seen = list(g.consumers.get(quant.output[0], [])), set()
+    while todo:
+        node = todo.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in _TRANSPARENT - {"Concat"} and node.op_type != "Relu":
+            todo += g.consumers.get(node.output[0], [])
+            continue
+        if node.op_type == "Conv" and _is_depthwise(g, node):
+            continue
+        if node.op_type in _COMPUTE or node.op_type in _POOLS:
+            who = layer_name(quant)
+            problems.append(Problem(
+                node.name, node.op_type, layer_name(node), "channel-scale",
+                f"it reads a float tensor scaled per channel by the activation quantizer "
+                f"{f'{who!r} ' if who else ''}(node {quant.name}), a scale streamlining cannot absorb in front of a "
+                f"{'regular conv' if node.op_type == 'Conv' else node.op_type + ' node'}: quantize that activation per tensor "
+                "(scaling_per_output_channel=False); per-channel scales lower only in front of depthwise convs"))
+
+
+def _is_depthwise(g: _Graph, node) -> bool:
+    from qonnx.util.basic import get_by_name
+
+    group = get_by_name(node.attribute, "group")
+    shape = g.shape(node.input[0])
+    return group is not None and group.i > 1 and shape is not None and len(shape) == 4 and group.i == shape[1]
+
+
+def _padded(node) -> bool:
+    from qonnx.util.basic import get_by_name
+
+    pads = get_by_name(node.attribute, "pads")
+    return pads is not None and any(pads.ints)
+
+
+def _reads_bipolar(g: _Graph, name: str) -> bool:
+    """True when `name` holds bipolar values (a BipolarQuant, through value-moving ops)."""
+    p = g.producer.get(name)
+    while p is not None and p.op_type in _TRANSPARENT and p.op_type != "Concat":
+        p = g.producer.get(p.input[0])
+    return p is not None and p.op_type == "BipolarQuant"
 
 
 def _conv_1d_problem(g: _Graph, node) -> str:

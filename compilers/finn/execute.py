@@ -13,6 +13,8 @@ the same order with the same per-node implementations, but on a batch:
 - a few ops that hard-code batch 1 (Im2Col, ConvolutionInputGenerator, MVAU, VVAU,
   DuplicateStreams) run batched re-implementations of their execute_node (kernels.py);
 - every other custom node runs its own `execute_node` once per sample;
+- a node that reads no batched tensor (a quantizer of weights, e.g. BipolarQuant of
+  1-bit weights, and what follows it) runs once: its output has no batch dimension;
 - specialized `*_hls` / `*_rtl` nodes have no python execution: they run as their
   generic op type (`to_generic`), which is what FINN's python simulation means;
 - a StreamingDataflowPartition node runs its partition model recursively.
@@ -143,10 +145,11 @@ class Executor:
             if node.op_type == "StreamingDataflowPartition":
                 self._run_partition(idx, node, ctx, full, extra)
             elif node.domain in ("", "ai.onnx"):
-                self._run_standard(idx, node, ctx, n)
+                self._run_standard(idx, node, ctx, n if _reads_batch(node, batched) else 1)
             else:
                 self._run_custom(idx, node, ctx, batched, n)
-            batched.update(o for o in node.output if o)
+            if _reads_batch(node, batched):  # a node of constants only (quantized weights) is not per sample
+                batched.update(o for o in node.output if o)
             if self._sanitize:
                 self._sanitize_tensors(node.output, ctx)
                 clean.update(node.output)
@@ -246,6 +249,11 @@ class Executor:
         ctx.update({o: np.asarray(view[o], dtype=np.float64) for o in outs})
 
     def _run_custom_as_is(self, inst, node, ctx, batched, n, outs, dtype):
+        if not _reads_batch(node, batched):  # e.g. BipolarQuant of weights: once, whatever the batch
+            for o in outs:
+                ctx[o] = np.zeros(self._shapes[o], dtype=dtype)
+            inst.execute_node(ctx, self.graph)
+            return
         kernel = None if self.reference_mode else KERNELS.get(node.op_type)
         if kernel is not None and kernel(inst, node, ctx, self.graph):
             return
@@ -291,6 +299,11 @@ class Executor:
             if err > get_execution_error_thresh():
                 raise ValueError(f"tensor {name}: rounding error {err:g} too high for its datatype {dtype.name}")
             ctx[name] = rounded
+
+
+def _reads_batch(node, batched: set) -> bool:
+    """True when one of the node's inputs carries the batch (is computed from a graph input)."""
+    return node.op_type == "StreamingDataflowPartition" or any(i in batched for i in node.input if i)
 
 
 def _attrs(node) -> dict:

@@ -201,8 +201,7 @@ def lower(
     if target_fps <= 0 or not 0 < budget <= 1:
         raise UserError(f"target_fps must be > 0 and budget in (0, 1], got {target_fps} and {budget}")
     qonnx_path = Path(qonnx_path)
-    model = load_qonnx(qonnx_path)
-    float64_values.widen(model.model)  # a graph from elsewhere: its float32 values, exactly
+    model = tidy_input(load_qonnx(qonnx_path))
     check_lowerable(model, source=qonnx_path.name)
     if samples_uint8 is not None:
         samples_uint8, reference_logits = parity_inputs(model, samples_uint8, reference_logits, parity_batch)
@@ -315,6 +314,26 @@ def load_qonnx(path: Path):
         if type(e).__name__ == "DecodeError":
             raise UserError(f"{path} is not an ONNX model (protobuf decode failed)") from None
         raise
+
+
+def tidy_input(model):
+    """A QONNX graph as any exporter wrote it, ready for the flow: qonnx's cleanup (constant
+    folding, unique names, no static inputs), then shapes and datatypes inferred everywhere.
+
+    Brevitas's dynamo exporter (external data, Reshape heads) and its TorchScript one leave
+    intermediate shapes unspecified, which FINN's execution and several steps need. Runs on
+    the float64 values (quant/float64_values.py; a graph from elsewhere: its float32 values).
+    """
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.util.cleanup import cleanup_model
+
+    from compilers.finn.checks import keep_exported_names
+
+    float64_values.widen(model.model)
+    keep_exported_names(model)
+    model = cleanup_model(float64_values.exact(model))
+    return float64_values.plain(model.transform(InferShapes()).transform(InferDataTypes()))
 
 
 def check_samples(samples: np.ndarray, in_shape: tuple) -> np.ndarray:

@@ -11,8 +11,9 @@ resources (`lut/bram/uram/dsp_estimation`, summed). The choices come from one ex
 registry, `RULES`, keyed by op type without its _hls/_rtl suffix; an op type missing
 from it is folded by PE over its output channels or SIMD over its input channels if
 it has those attributes, else left as it is. Every choice is checked on a scratch copy
-of the node (folded shapes must exist, an HLS node's stream widths must fit ap_int),
-so the model itself is never touched here.
+of the node (folded shapes must exist, an HLS node's stream widths must fit ap_int, and
+where FINN prepares code generation without writing files (`CODEGEN_PREPARE`: the RTL
+sliding window) that preparation must succeed), so the model itself is never touched here.
 
 A table depends only on the unit's node attributes (not its names), which of their
 inputs are streams, and the FPGA part, so identical layers (ResNet blocks) share one
@@ -28,6 +29,7 @@ import numpy as np
 import onnx
 
 from compilers.finn.part import Part
+from core.errors import UserError
 
 RESOURCES = ("LUT", "BRAM_18K", "URAM", "DSP")
 # Attributes the rules may set.
@@ -305,12 +307,30 @@ def _estimate(node, inst, fpgapart: str, streams: tuple[int, ...]):
         out = (int(inst.get_folded_output_shape()[-1]), int(inst.get_outstream_width()))
         if _is_hls(node) and hasattr(inst, "get_ap_int_max_w"):
             inst.get_ap_int_max_w()  # raises if a stream is wider than ap_int allows
+        prepare = CODEGEN_PREPARE.get(node.op_type)
+        if prepare is not None:
+            prepare(inst)  # raises where FINN's hw_codegen would
         cycles = int(inst.get_exp_cycles())
         res = (int(inst.lut_estimation(fpgapart)), int(inst.bram_estimation(fpgapart)),
                int(inst.uram_estimation(fpgapart)), int(inst.dsp_estimation(fpgapart)))
     except Exception as e:  # FINN signals an illegal folding by raising (assert, FINN*Error, Exception)
         return e
     return NodeEstimate(cycles, res, out, ins)
+
+
+def _swg_rtl_prepare(inst) -> None:
+    """What ConvolutionInputGenerator_rtl.generate_hdl computes before writing any file: its
+    implementation style (with FINN's SIMD rules) and that style's loop and buffer layout.
+    FINN's parallel-window controller has no code for a 1x1 output map (math domain error)."""
+    style = inst.select_impl_style()
+    (inst.prepare_codegen_parallel if style == "parallel" else inst.prepare_codegen_default)()
+
+
+# Specialized op -> its own code-generation preparation (no file written), run on every
+# choice: a folding FINN's hw_codegen would reject is never offered.
+CODEGEN_PREPARE: dict[str, Callable] = {
+    "ConvolutionInputGenerator_rtl": _swg_rtl_prepare,
+}
 
 
 def _attribute_overlay(inst):
@@ -375,7 +395,9 @@ def _build_table(nodes, rule: str, part: Part, streams) -> Table:
         else:
             rows.append((tuple(per_node), tuple(tuple(a.items()) for a in choice)))
     if not rows:
-        raise RuntimeError(f"no legal folding found for {[n.name for n in nodes]}: {first_error!r}")
+        first = str(first_error).strip().splitlines()[0] if str(first_error).strip() else type(first_error).__name__
+        raise UserError(f"layer {nodes[-1].name} ({nodes[-1].op_type}) has no folding FINN can generate code for "
+                        f"[folding]: every choice breaks a FINN rule, the first: {first}")
     return _pareto(rows)
 
 

@@ -26,6 +26,7 @@ are not included.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -69,7 +70,6 @@ class FoldingResult:
     limits: dict  # capacity * budget
     per_layer: tuple = field(default_factory=tuple)  # LayerFold, in graph order
     fits: bool = True
-    comparison: dict = field(default_factory=dict)  # e.g. {"setfolding": summary()} of another folding at this point
 
     @property
     def achieved(self) -> float:
@@ -78,7 +78,8 @@ class FoldingResult:
 
     def summary(self) -> dict:
         return {"est_fps": self.est_fps, "LUT": self.resources["LUT"], "BRAM_18K": self.resources["BRAM_18K"],
-                "URAM": self.resources["URAM"], "DSP": self.resources["DSP"], "fits": self.fits}
+                "URAM": self.resources["URAM"], "DSP": self.resources["DSP"], "dwc_luts": self.dwc_luts,
+                "fits": self.fits}
 
     def to_report(self) -> dict:
         """The report's `fpga` fields this module owns (docs/CONTRACTS.md)."""
@@ -147,8 +148,13 @@ def finn_setfolding(model, part: Part, clock_mhz: float | None, target_fps: floa
     part, clock_mhz = _part_and_clock(part, clock_mhz)
     _check_args(clock_mhz, target_fps, budget)
     folded = copy.deepcopy(model)
-    folded = folded.transform(SetFolding(_cycle_budget(clock_mhz * 1e6, target_fps), mvau_wwidth_max=36,
-                                         two_pass_relaxation=True))
+    finn_log = logging.getLogger("finn_logger")  # SetFolding warns per layer; its summary is what we keep
+    level, finn_log.level = finn_log.level, logging.ERROR
+    try:
+        folded = folded.transform(SetFolding(_cycle_budget(clock_mhz * 1e6, target_fps), mvau_wwidth_max=36,
+                                             two_pass_relaxation=True))
+    finally:
+        finn_log.setLevel(level)
     return summarize(folded, part, clock_mhz, target_fps, budget, config_of(folded))
 
 

@@ -249,11 +249,12 @@ def first_divergence(stage: Stage, good: Optional[Stage], sample: np.ndarray, ou
             if not t or t not in ctx or not _is_int(dtypes.get(t)):
                 continue
             a = np.asarray(ctx[t], dtype=np.float64)
-            if t in pool:
+            if t in pool and pool[t].size == a.size:
                 cands = [t]
-            else:
+            else:  # steps rename tensors: a name can come back on another tensor (MatMul_0 of the head)
                 cands = by_size.get(a.size, [])
-            if any(_matches(a, pool[c], scale_ok=not _is_int(gdtypes.get(c))) for c in cands):
+            if any(_matches(_as_dtype_of(a, dtypes.get(t), gdtypes.get(c)), pool[c], scale_ok=not _is_int(gdtypes.get(c)))
+                   for c in cands):
                 continue
             hit = {"node": node.name or f"<unnamed {node.op_type}>", "op_type": node.op_type, "tensor": t,
                    "compared_with": good.name}
@@ -285,7 +286,7 @@ def _scale_divergence(stage, good, ctx, gctx, nodes, pool, by_size, output: int 
             if not t or t not in ctx:
                 continue
             a = np.asarray(ctx[t], dtype=np.float64)
-            cands = [t] if t in pool else by_size.get(a.size, [])
+            cands = [t] if t in pool and pool[t].size == a.size else by_size.get(a.size, [])
             if any(_matches(a, pool[c], scale_ok=False) for c in cands):
                 continue
             if any(_matches(a, pool[c] * factor, scale_ok=False) for c in cands):
@@ -325,6 +326,14 @@ def _matches(a: np.ndarray, b: np.ndarray, scale_ok: bool) -> bool:
         if np.max(np.abs(a - v)) <= tol:
             return True
     return False
+
+
+def _as_dtype_of(a: np.ndarray, dtype, good_dtype) -> np.ndarray:
+    """`a` in the encoding of the good stage's tensor: FINN streamlines bipolar {-1, +1}
+    activations into binary {0, 1} bits (XNOR-popcount), x = (b + 1) / 2."""
+    if dtype is not None and good_dtype is not None and dtype.name == "BINARY" and good_dtype.name == "BIPOLAR":
+        return 2 * a - 1
+    return a
 
 
 def _is_int(dtype) -> bool:

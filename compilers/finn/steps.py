@@ -7,18 +7,21 @@ work as they are. Our own steps replace them where something had to change:
 - fix_avgpool_trunc:          FINN converts a widening Trunc (TruncTo8bit after a small
                               pool) into a pool 2^k too small; rewrite it exactly first.
 - streamline:                 StreamlinePlus (finn-plus's ResNet step) when the graph has
-                              forks or joins, else FINN's default.
+                              forks or joins, else FINN's default; first, per-channel scales in
+                              front of depthwise convs move past them (MobileNet-style stacks).
 - convert_to_hw:              RoundAndClipThresholds right after the conversion: finn-plus
                               minimizes weight widths first, and Thresholding then asserts
                               non-negative thresholds on the ResNet shortcut pattern.
 - create_dataflow_partition:  a graph that does not partition is a UserError naming the
                               node; the parent graph is written atomically.
 - folding:                    the seam where a folding plugin (compilers.finn.folding) plugs in;
-                              FINN's SetFolding when none is given.
+                              FINN's SetFolding when none is given, else FINN's SetFolding on a
+                              fresh copy of the unfolded model as the comparison.
 - estimate_reports:           FINN's analyses and report formats, written atomically.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +235,7 @@ def streamline(model, cfg: FlowConfig):
 
     held = hold_outputs(model)
     cfg.notes["outputs_held"] = [k for k, _ in held]
+    model, cfg.notes["channel_scales_moved"] = move_channel_scales_past_depthwise(model)
     mode = cfg.streamline
     if mode == "auto":
         mode = "plus" if has_forks_or_joins(model) else "finn"
@@ -249,6 +253,20 @@ def streamline(model, cfg: FlowConfig):
         restore_outputs(model, held)
         model = model.transform(InferShapes()).transform(InferDataTypes())
     return model
+
+
+def move_channel_scales_past_depthwise(model):
+    """A per-channel float scale (a per-channel activation quantizer's) in front of a depthwise
+    conv moves past it (FINN's MoveMulPastDWConv, as finn-plus's MobileNet step does), so that
+    streamlining absorbs it into the next MultiThreshold; FINN's default streamline leaves it
+    in front of the conv, which then stays in software. Returns (model, the convs passed)."""
+    from finn.transformation.streamline.reorder import MoveMulPastDWConv
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+
+    before = {n.name: [i for i in n.input] for n in model.get_nodes_by_op_type("Conv")}
+    model = model.transform(MoveMulPastDWConv()).transform(InferDataTypes())
+    moved = [n.name for n in model.get_nodes_by_op_type("Conv") if before.get(n.name) != list(n.input)]
+    return model, moved
 
 
 def convert_to_hw(model, cfg: FlowConfig):
@@ -280,11 +298,8 @@ def create_dataflow_partition(model, cfg: FlowConfig):
 
     ok, first_bad = model.analysis(unsupported_layers)[:2]
     if ok is False:
-        raise UserError(
-            f"node {first_bad.name} ({first_bad.op_type}) sits between hardware layers but has no FINN "
-            "hardware layer, so the graph cannot be partitioned: check the model against the FINN rules "
-            "(compilers/finn/checks.py)"
-        )
+        raise UserError(f"node {first_bad.name} ({first_bad.op_type}) {why_in_software(model, first_bad)}: the graph "
+                        "cannot be partitioned; check the model against the FINN rules (compilers/finn/checks.py)")
     parent = model.transform(
         CreateDataflowPartition(partition_model_dir=str(cfg.intermediate_dir / "supported_op_partitions"))
     )
@@ -294,6 +309,24 @@ def create_dataflow_partition(model, cfg: FlowConfig):
     save_model(parent, cfg.parent_model_path)
     cfg.notes["host_ops"] = [f"{n.name} ({n.op_type})" for n in parent.graph.node if n.op_type != "StreamingDataflowPartition"]
     return ModelWrapper(getCustomOp(sdps[0]).get_nodeattr("model"))
+
+
+def why_in_software(model, node) -> str:
+    """Why a node between hardware layers got none: for a MatMul / Conv, the float tensor it reads
+    (a scale streamlining could not absorb) and the node that produced it."""
+    if node.op_type not in ("MatMul", "Conv"):
+        return "sits between hardware layers but has no FINN hardware layer"
+    src = model.find_producer(node.input[0])
+    while src is not None and (src.op_type in ("Im2Col", "Transpose", "Reshape", "Flatten")
+                               or src.op_type.startswith("Shuffle")):  # values moved, not computed
+        src = model.find_producer(src.input[0])
+    dtype = model.get_tensor_datatype(node.input[0])
+    if src is None or dtype.is_integer():
+        return f"reads {dtype.name} values but FINN found no hardware layer for it"
+    param = next((model.get_initializer(i) for i in src.input[1:] if model.get_initializer(i) is not None), None)
+    what = "a per-channel scale" if param is not None and np.size(param) > 1 else "a float operation"
+    return (f"reads a float tensor produced by {src.name} ({src.op_type}, {what}) that streamlining could not "
+            "absorb (no FINN hardware layer takes a float input)")
 
 
 def specialize_layers(model, cfg: FlowConfig):
@@ -315,15 +348,25 @@ def folding(model, cfg: FlowConfig):
         model = model.transform(SetFolding(cycles, mvau_wwidth_max=cfg.finn.mvau_wwidth_max, two_pass_relaxation=True))
         cfg.notes["folding"] = {"method": "finn.SetFolding", "target_cycles_per_frame": cycles}
     else:
+        fresh = copy.deepcopy(model)  # unfolded: FINN's SetFolding for the comparison starts from here
         plan = cfg.folding(model, cfg.part, cfg.clock_mhz, cfg.target_fps, cfg.budget)
         model = model.transform(ApplyConfig(dict(plan.config)))
         cfg.notes["folding"] = {"method": getattr(cfg.folding, "__qualname__", repr(cfg.folding)),
                                 "plugin_est_fps": float(plan.est_fps)}
         if hasattr(plan, "to_report"):  # kept with the flow's notes: a resumed flow still has it
-            cfg.notes["folding"].update(plan=plan.to_report(), comparison=dict(getattr(plan, "comparison", {})))
+            cfg.notes["folding"]["plan"] = plan.to_report()
+        cfg.notes["folding"]["comparison"] = {"setfolding": setfolding_comparison(fresh, cfg)}
     model = model.transform(GiveUniqueNodeNamesRecursive())
     write_json(cfg.report_dir / "folding_config.json", extract_model_config(model, None, FOLDING_ATTRS))
     return model
+
+
+def setfolding_comparison(unfolded, cfg: FlowConfig) -> dict:
+    """FINN's own SetFolding at the same target on the model before our folding touched it
+    (compilers.finn.folding.finn_setfolding: a copy, FINN's estimates), for the report."""
+    from compilers.finn.folding import finn_setfolding
+
+    return finn_setfolding(unfolded, cfg.part, cfg.clock_mhz, cfg.target_fps, cfg.budget).summary()
 
 
 def transpose_decomposition(model, cfg: FlowConfig):

@@ -2,9 +2,6 @@
 its part, with every intermediate model checked against the Brevitas model."""
 from __future__ import annotations
 
-import dataclasses
-import logging
-
 from core.atomic import write_json
 from core.console import console
 from core.errors import UserError
@@ -55,31 +52,21 @@ def parity_pixels(ctx: Context):
 
 
 def step_lower(ctx: Context):
-    """FINN flow with our folding; FINN's SetFolding is run at the same point for comparison."""
+    """FINN flow with our folding; the flow runs FINN's SetFolding on the unfolded model for comparison."""
     from compilers.finn.flow import lower
     from quant.train import forward_outputs
-    from compilers.finn.folding import fold, finn_setfolding
+    from compilers.finn.folding import fold
     from targets.fpga_parts import get_part
 
     r = ctx.recipe.fpga
     part = get_part(r.part)
-
-    def fold_and_compare(model, part, clock_mhz, target_fps, budget):
-        plan = fold(model, part, clock_mhz, target_fps, budget)
-        finn_log = logging.getLogger("finn_logger")  # SetFolding warns per layer; its summary is what we keep
-        level, finn_log.level = finn_log.level, logging.ERROR
-        try:
-            setfolding = finn_setfolding(model, part, clock_mhz, target_fps, budget).summary()
-        finally:
-            finn_log.setLevel(level)
-        return dataclasses.replace(plan, comparison={"setfolding": setfolding})
 
     pixels = parity_pixels(ctx)
     model, _ = qat_checkpoint(ctx)
     outputs = forward_outputs(model, pixels, float64=True)  # what FINN's design must reproduce
     reference = outputs if len(outputs) > 1 else outputs[0]  # a two-output model: decision and defect map
     result = lower(ctx.layout.qonnx, ctx.stage_dir(STAGE), part, r.clock_mhz,
-                   r.target_fps, r.budget, samples_uint8=pixels, reference_logits=reference, folding=fold_and_compare,
+                   r.target_fps, r.budget, samples_uint8=pixels, reference_logits=reference, folding=fold,
                    log=lambda msg: console.print(f"  {msg}"))
     folding = result.notes["folding"]  # the flow's notes: also there when the flow resumed past its folding step
     summary = {**folding["plan"], "setfolding": folding["comparison"]["setfolding"],
