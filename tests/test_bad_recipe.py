@@ -247,3 +247,10 @@ def test_usage_errors_end_with_one_error_line(argv, tmp_path):
                        env={**__import__("os").environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert_user_error(p.returncode, p.stderr)
     assert not any(tmp_path.iterdir())
+
+
+def test_distillation_for_a_two_output_model_is_refused_before_anything_is_written(tmp_path, capsys):
+    code, err = run(capsys, "train", "--build-dir", str(tmp_path / "build"), "--set", "model.name=segdec",
+                    "--set", "train.qat_distill=0.5", "--set", "dataset.size=[32, 96]")
+    assert_user_error(code, err, ("train.qat_distill", "segdec"))
+    assert not (tmp_path / "build").exists()

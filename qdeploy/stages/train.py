@@ -18,7 +18,10 @@ def check_model(ctx: Context):
     could not be built for the FPGA later (shape, FINN rule, fps) is said now, as a note."""
     from quant.models import model_info
 
-    if model_info(ctx.recipe.model.name).fpga_lowerable:
+    r = ctx.recipe
+    if model_info(r.model.name).segmentation and r.train.qat_distill > 0:
+        raise UserError(f"train.qat_distill: {r.model.name} (two outputs, step budgets) does not distil: set it to 0")
+    if model_info(r.model.name).fpga_lowerable:
         try:
             check_part_and_model(ctx)
         except UserError as e:
@@ -55,8 +58,6 @@ def train_phase(ctx: Context, model, phase: str, teacher=None) -> dict:
     if not segmentation(ctx):
         return fit(model, splits(ctx), t, t.qat_epochs if qat else t.float_epochs, lr, seed, label, freeze_bn_from=freeze,
                    teacher=teacher, ema=ema)
-    if teacher is not None and t.qat_distill > 0:
-        raise UserError(f"train.qat_distill: {r.model.name} (two outputs, step budgets) does not distil: set it to 0")
     from quant.train_seg import fit_segdec
 
     steps = t.qat_steps if qat else t.float_steps
