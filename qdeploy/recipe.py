@@ -11,7 +11,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 import annotated_types as at
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -145,6 +145,12 @@ class FpgaConfig(_Section):
     clock_mhz: Optional[float] = Field(None, gt=0, le=1000)  # None: the board's default clock
     target_fps: float = Field(20000, gt=0, le=1e9)
     budget: float = Field(0.7, gt=0, le=1)  # fraction of LUT/BRAM/URAM/DSP the design may use
+    # activations as Thresholding layers of their own (lets MVAUs be FINN's DSP-packing RTL MVU)
+    # or inside the MVAUs; auto: standalone on UltraScale+/Versal, embedded on Zynq-7000
+    thresholds: Literal["auto", "standalone", "embedded"] = "auto"
+    # data-parallel instances of the dataflow (K x the fps and resources of one), or auto:
+    # one if it reaches target_fps, else the fewest that do (one pipeline reads a pixel a cycle)
+    replicas: Union[Literal["auto"], Annotated[int, Field(ge=1, le=16)]] = 1
     parity_images: Optional[int] = Field(None, ge=1, le=1_000_000)  # None: the whole test set
 
 

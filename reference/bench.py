@@ -146,12 +146,27 @@ def _estimates(ctx: Inputs) -> list[dict]:
     # FINN's cycle model: a new image every 1/fps in the stream; one image's latency through the pipeline
     latency = (s.get("finn_estimate") or {}).get("est_latency_ms")
     lat = {q: float(latency) for q in ("p50", "p90", "p99")} if latency else None
-    return [{"runtime": f"finn-dataflow ({s['part']} @ {s['clock_mhz']:g} MHz)", "target": "fpga", "precision":
-             f"w{ctx.recipe.model.weight_bits}a{ctx.recipe.model.act_bits}", "device": s["part"], "batch": 1,
+    precision = f"w{ctx.recipe.model.weight_bits}a{ctx.recipe.model.act_bits}"
+    reps = int(s.get("replicas") or 1)
+    rows = [{"runtime": f"finn-dataflow ({s['part']} @ {s['clock_mhz']:g} MHz"
+                        + (f", {reps} data-parallel instances)" if reps > 1 else ")"),
+             "target": "fpga", "precision": precision, "device": s["part"], "batch": 1,
              "mode": "stream", "threads": None, "images_per_s": float(s["est_fps"]),
              "median_ms_per_batch": 1000.0 / float(s["est_fps"]), "latency_ms": lat,
-             "settings": {"clock_mhz": s["clock_mhz"], "source": "FINN estimate (cycle model), not measured"},
+             "settings": {"clock_mhz": s["clock_mhz"], "source": "FINN estimate (cycle model), not measured",
+                          "folding": "qdeploy", "replicas": reps, "resources": s.get("resources"),
+                          "binding": s.get("binding"), "pareto": s.get("pareto")},
              "kind": "estimate", "ratio_vs": {}}]
+    sf = s.get("setfolding") or {}
+    if sf.get("est_fps"):  # FINN's own folding of the same model at the same target, beside ours
+        rows.append({**rows[0], "runtime": f"finn-dataflow, FINN SetFolding ({s['part']} @ {s['clock_mhz']:g} MHz)",
+                     "images_per_s": float(sf["est_fps"]), "median_ms_per_batch": 1000.0 / float(sf["est_fps"]),
+                     "latency_ms": None,
+                     "settings": {"clock_mhz": s["clock_mhz"], "source": "FINN estimate (cycle model), not measured",
+                                  "folding": "finn.SetFolding (fresh, same target)",
+                                  "resources": {r: sf.get(r) for r in ("LUT", "BRAM_18K", "URAM", "DSP")},
+                                  "binding": {"resource": sf.get("binding"), "share": sf.get("binding_share")}}})
+    return rows
 
 
 class _Plugin:

@@ -368,15 +368,26 @@ def _fpga(report: dict, plot_paths: dict) -> list[Block]:
             out.append(Block("img", text="FPGA cycles per layer", src="plots/fpga_cycles.png"))
     sf = f.get("setfolding")
     if sf:
-        lut_cap = cap.get("LUT")
-        rows = [["qdeploy folding", _c(f"{_int(est)} (estimate)", "estimate"), _int(used.get("LUT")),
-                 _pct(used.get("LUT") / lut_cap, 1) if lut_cap and used.get("LUT") is not None else "–"],
-                ["FINN SetFolding", _c(f"{_int(sf.get('est_fps'))} (estimate)", "estimate"), _int(sf.get("LUT")),
-                 _pct(sf.get("LUT") / lut_cap, 1) if lut_cap and sf.get("LUT") is not None else "–"]]
-        out += [Block("h3", "Folding: ours vs FINN SetFolding"), _table(["Folding", "fps", "LUT", "LUT %"], rows)]
-        if est and sf.get("est_fps") and used.get("LUT") and sf.get("LUT"):
-            out.append(Block("p", f"Ours: {est / sf['est_fps']:.2f}x the fps with {used['LUT'] / sf['LUT']:.2f}x "
-                                  f"the LUT of SetFolding at the same target."))
+        ours = {"est_fps": est, **used, "fits": all(used.get(r, 0) <= (cap.get(r) or 0) * (budget or 1) for r in cap)}
+        ours.update(zip(("binding", "binding_share"), _binding(used, cap)))
+        rows = [_fold_row("qdeploy folding", ours, cap), _fold_row("FINN SetFolding (fresh, same target)", sf, cap)]
+        out += [Block("h3", "Folding: ours vs FINN SetFolding (estimates)"), _table(_FOLD_COLUMNS, rows)]
+        if f.get("objective"):
+            out.append(Block("p", f"Our folding's objective: {f['objective']}."
+                                  + (f" Search: {f['search_seconds']:.1f} s." if f.get("search_seconds") else "")))
+        if (f.get("replicas") or 1) > 1:
+            inst = f.get("instance") or {}
+            out.append(Block("p", f"Data-parallel replication: {f['replicas']} instances of the dataflow, each "
+                                  f"{_int(inst.get('est_fps'))} fps (estimate); the fps and resources above are "
+                                  f"{f['replicas']} x one instance's. FINN builds one instance (NEXT_STEPS.txt)."))
+    pareto = f.get("pareto") or []
+    if pareto:
+        rows = []
+        for p in pareto:
+            for name, d in (("qdeploy", p.get("qdeploy") or {}), ("SetFolding", p.get("setfolding") or {})):
+                rows.append([_int(p["target_fps"]), *_fold_row(name, d, cap)])
+        out += [Block("h3", "fps against the binding resource (estimates)"),
+                _table(["Target fps", *_FOLD_COLUMNS], rows)]
     stages = f.get("stages") or []
     if stages:
         rows = [[s["stage"], _c(_pct(s["argmax_agreement"]), None if s["argmax_agreement"] >= 1 else "fail"),
@@ -386,6 +397,27 @@ def _fpga(report: dict, plot_paths: dict) -> list[Block]:
         if "fpga_stages" in plot_paths:
             out.append(Block("img", text="FPGA parity per stage", src="plots/fpga_stages.png"))
     return out
+
+
+_FOLD_COLUMNS = ["Folding", "fps", "Binding resource (% of part)", "LUT", "BRAM_18K", "URAM", "DSP", "Within budget"]
+
+
+def _binding(used: dict, cap: dict) -> tuple:
+    shares = {r: used.get(r, 0) / c for r, c in cap.items() if c}
+    worst = max(shares, key=shares.get) if shares else None
+    return worst, shares.get(worst)
+
+
+def _fold_row(name: str, d: dict, cap: dict) -> list:
+    if not d.get("est_fps"):
+        return [name, _c("does not fit", "fail"), "–", "–", "–", "–", "–", _c("no", "fail")]
+    binding, share = d.get("binding"), d.get("binding_share")
+    if binding is None:
+        binding, share = _binding(d, cap)
+    reps = f" ({d['replicas']} instances)" if (d.get("replicas") or 1) > 1 else ""
+    return [name + reps, _c(f"{_int(d.get('est_fps'))} (estimate)", "estimate"),
+            f"{binding} {_pct(share, 1)}" if binding else "–", *[_int(d.get(r)) for r in ("LUT", "BRAM_18K", "URAM", "DSP")],
+            _c("yes", "pass") if d.get("fits") else _c("no", "fail")]
 
 
 def _device(report: dict, target: str) -> list[Block]:

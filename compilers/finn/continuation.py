@@ -48,6 +48,7 @@ class Continuation:
     output_dir: Path
     command: list[str]
     steps: tuple[str, ...]
+    replicas: int = 1  # data-parallel instances of the design (the folding's choice)
 
     def command_line(self) -> str:
         return " ".join(shlex.quote(c) for c in self.command)
@@ -61,6 +62,15 @@ class Continuation:
             f"Command (after sourcing Vivado's settings64.sh):\n"
             f"  {self.command_line()}\n"
             f"Outputs will go to {self.output_dir}: bitfile/, driver/, deploy/, report/."
+        ) + (self.replication() if self.replicas > 1 else "")
+
+    def replication(self) -> str:
+        return (
+            f"\nData-parallel replication: the folding chose {self.replicas} instances of this dataflow, each "
+            f"folded for 1/{self.replicas} of the target within 1/{self.replicas} of the budget. FINN builds "
+            f"one instance (the stitched IP above); instantiate it {self.replicas} times in the shell, each "
+            f"with its own DMA, and send each 1/{self.replicas} of the images. qdeploy's fps and resources "
+            f"for this design are {self.replicas} x the one instance's estimate (replication.json)."
         )
 
 
@@ -103,7 +113,13 @@ def write_continuation(cfg, model_path: Path) -> Continuation:
         str(config_path),
         str(Path(model_path).resolve()),
     ]
-    cont = Continuation(config_path, Path(model_path).resolve(), vivado_out, command, VIVADO_STEPS)
+    replicas = int(cfg.notes.get("folding", {}).get("replicas", 1))
+    cont = Continuation(config_path, Path(model_path).resolve(), vivado_out, command, VIVADO_STEPS, replicas)
+    if replicas > 1:
+        write_text(out_dir / "replication.json", json.dumps({
+            "replicas": replicas, "instance_model": str(Path(model_path).resolve()),
+            "note": "data-parallel instances of one FINN dataflow; FINN builds one, the shell instantiates them"},
+            indent=2) + "\n")
     write_text(out_dir / "NEXT_STEPS.txt", cont.message() + "\n")
     return cont
 

@@ -144,7 +144,8 @@ def flow_key(qonnx_path: Path, cfg: S.FlowConfig) -> str:
 
     h = hashlib.sha256(Path(qonnx_path).read_bytes())
     folding = getattr(cfg.folding, "__qualname__", repr(cfg.folding)) if cfg.folding else "SetFolding"
-    h.update(repr((cfg.part.name, cfg.clock_mhz, cfg.target_fps, cfg.budget, cfg.streamline, folding)).encode())
+    h.update(repr((cfg.part.name, cfg.clock_mhz, cfg.target_fps, cfg.budget, cfg.streamline, cfg.thresholds,
+                   cfg.replicas, folding)).encode())
     for src in sorted(Path(__file__).parent.glob("*.py")):
         h.update(src.read_bytes())
     return h.hexdigest()
@@ -173,6 +174,8 @@ def lower(
     reference_logits: Optional[np.ndarray] = None,
     folding: Optional[S.FoldingFn] = None,
     streamline: str = "auto",
+    thresholds: str = "auto",
+    replicas: int | str = 1,
     parity_batch: int = 64,
     log: Callable[[str], None] = print,
     resume: bool = True,
@@ -186,6 +189,8 @@ def lower(
     None -> the QONNX graph itself, executed by qonnx, is the reference.
     folding: fold(model, part, clock_mhz, target_fps, budget) -> plan with .config/.est_fps;
     None -> FINN's SetFolding for target_fps.
+    thresholds: "auto" | "standalone" | "embedded" activations (steps.standalone_thresholds).
+    replicas: data-parallel instances of the design, or "auto" (compilers.finn.folding.fold).
     resume: a run stopped part-way (killed, interrupted) with the same input, settings and flow
     code continues after its last finished step; anything else starts afresh.
     """
@@ -206,7 +211,9 @@ def lower(
     if samples_uint8 is not None:
         samples_uint8, reference_logits = parity_inputs(model, samples_uint8, reference_logits, parity_batch)
 
-    cfg = S.FlowConfig(Path(out_dir).resolve(), part, clock_mhz, float(target_fps), float(budget), folding, streamline)
+    cfg = S.FlowConfig(Path(out_dir).resolve(), part, clock_mhz, float(target_fps), float(budget), folding, streamline,
+                       thresholds, replicas)
+    S.standalone_thresholds(cfg)  # a bad mode fails here, before any step
     key = flow_key(qonnx_path, cfg)
     state = finished_state(cfg, key, [s.__name__ for s in STEPS]) if resume else None
     if state is None:

@@ -15,6 +15,9 @@ of the node (folded shapes must exist, an HLS node's stream widths must fit ap_i
 where FINN prepares code generation without writing files (`CODEGEN_PREPARE`: the RTL
 sliding window) that preparation must succeed), so the model itself is never touched here.
 
+A layer may also switch implementation (`ALTERNATIVES`: the DSP-based RTL MVU or the
+HLS MVU on LUTs or DSPs); such a choice carries the new op type as `IMPL`.
+
 A table depends only on the unit's node attributes (not its names), which of their
 inputs are streams, and the FPGA part, so identical layers (ResNet blocks) share one
 table; tables are memoised per process in `_TABLES` (bounded).
@@ -33,7 +36,7 @@ from core.errors import UserError
 
 RESOURCES = ("LUT", "BRAM_18K", "URAM", "DSP")
 # Attributes the rules may set.
-SEARCHED_ATTRS = ("PE", "SIMD", "resType", "ram_style", "parallel_window")
+SEARCHED_ATTRS = ("PE", "SIMD", "resType", "ram_style", "parallel_window")  # and IMPL (below)
 # Written by FINN's annotation passes, never read by the estimates; every other
 # attribute is part of a table's key.
 _IGNORED_ATTRS = ("cycles_estimate", "res_estimate", "cycles_rtlsim")
@@ -92,10 +95,15 @@ def _mem_styles(part: Part, ultra: bool = False) -> tuple[str, ...]:
     return ("distributed", "block", "ultra") if ultra and part.uram > 0 else ("distributed", "block")
 
 
-def _weight_styles(inst, part: Part) -> tuple:
+def _weight_styles(node, inst, part: Part) -> tuple:
     # URAM weights on UltraScale+ require runtime_writeable_weights=1 (FINN asserts it in
     # generate_infra_hdl), i.e. weights loaded by the driver at run time: not offered.
     if _has(inst, "mem_mode") and inst.get_nodeattr("mem_mode") == "internal_decoupled":
+        if not _is_hls(node):
+            # FINN's RTL MVU/VVU LUT estimate is 0 (its DSP datapath) and leaves out a
+            # distributed weight memory, which would make LUTRAM weights look free: the
+            # RTL layers keep their weights in block RAM, which FINN's estimate counts.
+            return ("block",)
         return _mem_styles(part)
     return (None,)
 
@@ -123,7 +131,7 @@ def _mvau(nodes, insts, part):
     for pe in divisors(mh):
         for simd in divisors(mw):
             for rt in _res_types(node, inst):
-                for rs in _weight_styles(inst, part):
+                for rs in _weight_styles(node, inst, part):
                     yield (_attrs(PE=pe, SIMD=simd, resType=rt, ram_style=rs),)
 
 
@@ -135,7 +143,7 @@ def _depthwise(nodes, insts, part):
     vvau = base_op(consumer.op_type) == "VVAU"
     kernel = int(np.prod(inst.get_nodeattr("Kernel"))) if vvau else 1
     rts = _res_types(consumer, inst) if vvau else (None,)
-    wss = _weight_styles(inst, part) if vvau else (None,)
+    wss = _weight_styles(consumer, inst, part) if vvau else (None,)
     swg_styles = _mem_styles(part, ultra=True) if swg is not None else (None,)
     for pe in divisors(channels):
         # SIMD (kernel-window parallelism) only once PE is fully unfolded: the generator
@@ -228,6 +236,25 @@ RULES: dict[str, Rule] = {
     "StreamingSplit": _concat,
     "Elementwise": _elementwise,
 }
+# Other implementations of a specialized op the folding may switch a layer to: the RTL
+# MVU computes on DSPs (its LUT estimate is 0), the HLS one on LUTs or DSPs (resType), so
+# a design can balance LUT against DSP layer by layer. A choice that switches carries
+# the pseudo-attribute IMPL (the new op type); `swap_impl` applies it.
+ALTERNATIVES: dict[str, tuple[str, ...]] = {"MVAU_rtl": ("MVAU_hls",)}
+IMPL = "op_type"
+
+
+def swap_impl(node: onnx.NodeProto, op_type: str) -> None:
+    """Turn a specialized node into another implementation of the same op, in place, as
+    FINN's SpecializeLayers makes one (same inputs, outputs and generic attributes)."""
+    style = op_type.rsplit("_", 1)[-1]
+    node.op_type, node.domain = op_type, f"finn.custom_op.fpgadataflow.{style}"
+    known = _inst(node).get_nodeattr_types()
+    keep = [a for a in node.attribute if a.name in known]
+    del node.attribute[:]
+    node.attribute.extend(keep)
+
+
 # Ops inserted after folding from the widths folding chose; never folded themselves.
 FIXED = ("StreamingDataWidthConverter", "StreamingFIFO", "IODMA")
 
@@ -371,10 +398,27 @@ def unit_table(model, unit: Unit, part: Part) -> Table:
 
 
 def _build_table(nodes, rule: str, part: Part, streams) -> Table:
+    rows, first_error = _rows(nodes, rule, part, streams, impl=None)
+    if len(nodes) == 1:
+        for alt in ALTERNATIVES.get(nodes[0].op_type, ()):
+            more, error = _rows(nodes, rule, part, streams, impl=alt)
+            rows += more
+            first_error = first_error or error
+    if not rows:
+        first = str(first_error).strip().splitlines()[0] if str(first_error).strip() else type(first_error).__name__
+        raise UserError(f"layer {nodes[-1].name} ({nodes[-1].op_type}) has no folding FINN can generate code for "
+                        f"[folding]: every choice breaks a FINN rule, the first: {first}")
+    return _pareto(rows)
+
+
+def _rows(nodes, rule: str, part: Part, streams, impl: str | None):
+    """(rows, first error) of the rule's choices, on a scratch copy (switched to `impl`)."""
     scratch = []
     for n in nodes:  # estimates run on copies: the model is never modified here
         c = onnx.NodeProto()
         c.CopyFrom(n)
+        if impl is not None:
+            swap_impl(c, impl)
         scratch.append(c)
     insts = [_attribute_overlay(_inst(n)) for n in scratch]
     if rule == "fixed":
@@ -393,12 +437,9 @@ def _build_table(nodes, rule: str, part: Part, streams) -> Table:
                 break
             per_node.append(est)
         else:
-            rows.append((tuple(per_node), tuple(tuple(a.items()) for a in choice)))
-    if not rows:
-        first = str(first_error).strip().splitlines()[0] if str(first_error).strip() else type(first_error).__name__
-        raise UserError(f"layer {nodes[-1].name} ({nodes[-1].op_type}) has no folding FINN can generate code for "
-                        f"[folding]: every choice breaks a FINN rule, the first: {first}")
-    return _pareto(rows)
+            tagged = [{IMPL: impl, **a} if impl is not None else a for a in choice]
+            rows.append((tuple(per_node), tuple(tuple(a.items()) for a in tagged)))
+    return rows, first_error
 
 
 def _pareto(rows) -> Table:

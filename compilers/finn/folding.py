@@ -5,13 +5,13 @@ after FINN's convert_to_hw, create_dataflow_partition and specialize_layers:
 
 1. Every HW layer's legal foldings are listed and priced with FINN's own per-node
    estimates (compilers.finn.fold_space): cycles per frame, LUT, BRAM_18K, URAM, DSP.
-2. With the cycle budget C = clock / target_fps, each layer takes its cheapest folding
-   that needs at most C cycles. "Cheapest" prices each resource by the part's budget of
-   it (LUT / (0.7 * LUTs), ...), and a resource gets dearer as the design fills it
-   (marginal cost of u + u^2 at utilization u) or breaks its budget; the layers choose
-   again at the new prices for `_ROUNDS` rounds and the best round is kept (a
-   Lagrangian relaxation of this multiple-choice knapsack). Small designs thus get the
-   plainly cheapest folding, big ones a balance of LUT, LUTRAM, BRAM and DSP.
+2. With the cycle budget C = clock / target_fps, each layer takes one folding that needs
+   at most C cycles, chosen together by one mixed-integer program (HiGHS, via scipy)
+   for `OBJECTIVE`: the lowest binding share (the largest fraction of any resource's
+   budget: LUT, BRAM_18K, URAM, DSP), then the lowest sum of shares. The choices span
+   PE/SIMD, LUTRAM/BRAM/URAM, LUT or DSP arithmetic (resType, and each MVAU as FINN's
+   HLS or DSP-packing RTL MVU, fold_space.ALTERNATIVES) and the sliding window's
+   parallel mode, so a design is bounded by the whole part, not by its LUTs alone.
 3. The total, plus the data-width converters FINN will insert between layers whose
    stream widths now differ (FINN's StreamingDataWidthConverter estimate), must stay
    within capacity * budget for every resource. If it does not, the smallest cycle
@@ -26,6 +26,7 @@ are not included.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -37,8 +38,12 @@ from compilers.finn import fold_space as fs
 from compilers.finn.part import Part, require_part
 
 RESOURCES = fs.RESOURCES
-_ROUNDS = 40  # re-weighting rounds per cycle budget
-_ZERO_CAPACITY_WEIGHT = 1e9  # a resource the part lacks: usable only if nothing else is
+# What the search minimizes, as the report states it.
+OBJECTIVE = ("within the budget of every resource at the target; then the lowest binding share "
+             "(the largest fraction of any resource's budget); then the lowest sum of the shares")
+_DWC_ROUNDS = 4  # re-solves with the data-width converters' LUTs reserved
+_NODE_LIMIT = 20_000  # branch-and-bound nodes per program: bounded and deterministic (no time limit)
+_TIE_SHARES = 1e-3  # objective weight of the sum of shares (t itself has weight 1)
 
 
 @dataclass(frozen=True)
@@ -70,23 +75,44 @@ class FoldingResult:
     limits: dict  # capacity * budget
     per_layer: tuple = field(default_factory=tuple)  # LayerFold, in graph order
     fits: bool = True
+    # Data-parallel instances of this dataflow (fold(replicas=)): everything above is one
+    # instance's (its target_fps and budget are the whole design's divided by replicas).
+    replicas: int = 1
 
     @property
     def achieved(self) -> float:
         """Reached fraction of the target fps."""
         return self.est_fps / self.target_fps
 
+    @property
+    def binding(self) -> tuple[str, float]:
+        """The resource this design uses the largest share of the part of, and that share
+        (all instances together)."""
+        shares = {r: self.replicas * self.resources[r] / c for r, c in self.capacity.items() if c}
+        worst = max(shares, key=shares.get)
+        return worst, shares[worst]
+
     def summary(self) -> dict:
-        return {"est_fps": self.est_fps, "LUT": self.resources["LUT"], "BRAM_18K": self.resources["BRAM_18K"],
-                "URAM": self.resources["URAM"], "DSP": self.resources["DSP"], "dwc_luts": self.dwc_luts,
-                "fits": self.fits}
+        """Totals over all instances."""
+        k = self.replicas
+        binding, share = self.binding
+        return {"est_fps": k * self.est_fps, **{r: k * self.resources[r] for r in RESOURCES},
+                "dwc_luts": k * self.dwc_luts, "fits": self.fits, "replicas": k, "binding": binding,
+                "binding_share": share}
 
     def to_report(self) -> dict:
-        """The report's `fpga` fields this module owns (docs/CONTRACTS.md)."""
-        return {"part": self.part, "clock_mhz": self.clock_mhz, "est_fps": self.est_fps,
-                "target_fps": self.target_fps, "resources": dict(self.resources),
-                "capacity": dict(self.capacity), "budget": self.budget,
-                "per_layer": [layer.to_report() for layer in self.per_layer]}
+        """The report's `fpga` fields this module owns (docs/CONTRACTS.md): totals over all
+        instances, and one instance's own figures under `instance` when there are several."""
+        k = self.replicas
+        out = {"part": self.part, "clock_mhz": self.clock_mhz, "est_fps": k * self.est_fps,
+               "target_fps": k * self.target_fps, "resources": {r: k * v for r, v in self.resources.items()},
+               "capacity": dict(self.capacity), "budget": k * self.budget, "replicas": k,
+               "objective": OBJECTIVE, "binding": dict(zip(("resource", "share"), self.binding)),
+               "per_layer": [layer.to_report() for layer in self.per_layer]}
+        if k > 1:
+            out["instance"] = {"est_fps": self.est_fps, "target_fps": self.target_fps,
+                               "resources": dict(self.resources), "budget": self.budget}
+        return out
 
 
 class FoldingInfeasible(UserError):
@@ -100,11 +126,19 @@ class FoldingInfeasible(UserError):
 # ---------------------------------------------------------------- public API
 
 
-def fold(model, part: Part, clock_mhz: float | None, target_fps: float, budget: float = 0.7) -> FoldingResult:
+def fold(model, part: Part, clock_mhz: float | None, target_fps: float, budget: float = 0.7,
+         replicas: int | str = 1) -> FoldingResult:
     """Fold `model` (FINN dataflow child, specialized) for `target_fps`; modifies it in place.
 
     `clock_mhz=None` means the part's default clock.
+    replicas: K data-parallel instances of the dataflow (each image goes to one of them),
+    each folded for target_fps / K within budget / K, so that together they reach the
+    target within the budget; "auto": one instance if it reaches the target, else the
+    fewest (up to MAX_REPLICAS) that do. One pipeline reads one input pixel per cycle,
+    so beyond f_clk / pixels only replication goes faster. FINN builds one instance.
     """
+    if replicas != 1:
+        return _fold_replicated(model, part, clock_mhz, target_fps, budget, replicas)
     part, clock_mhz = _part_and_clock(part, clock_mhz)
     _check_args(clock_mhz, target_fps, budget)
     units = _hw_units(model)
@@ -128,11 +162,63 @@ def fold(model, part: Part, clock_mhz: float | None, target_fps: float, budget: 
     return result
 
 
+MAX_REPLICAS = 16
+
+
+def _fold_replicated(model, part, clock_mhz, target_fps, budget, replicas) -> FoldingResult:
+    if replicas == "auto":
+        counts, first = range(1, MAX_REPLICAS + 1), None
+    elif isinstance(replicas, int) and not isinstance(replicas, bool) and 1 <= replicas <= MAX_REPLICAS:
+        counts, first = [replicas], None
+    else:
+        raise UserError(f"fpga.replicas must be 'auto' or an integer in [1, {MAX_REPLICAS}], got {replicas!r}")
+    for k in counts:
+        trial = copy.deepcopy(model)
+        try:
+            result = fold(trial, part, clock_mhz, target_fps / k, budget / k)
+        except FoldingInfeasible as e:
+            first = first or e
+            continue
+        apply_folding(model, result.config)
+        return dataclasses.replace(result, replicas=k)
+    if len(counts) == 1:
+        raise FoldingInfeasible(f"{counts[0]} instances: {first}", None)
+    raise FoldingInfeasible(f"{first}; and {MAX_REPLICAS} data-parallel instances, each within "
+                            f"{budget / MAX_REPLICAS:.1%} of the part, do not reach it either", None)
+
+
+def pareto(model, part: Part, clock_mhz: float | None, target_fps: float, budget: float = 0.7) -> list[dict]:
+    """Ours and FINN's SetFolding (both on copies of the unfolded `model`) at a quarter,
+    half and all of `target_fps`, and at the fastest single-pipeline design that fits the
+    budget: fps against the binding resource share (FoldingResult.binding)."""
+    part, clock_mhz = _part_and_clock(part, clock_mhz)
+    try:
+        fastest = fold(copy.deepcopy(model), part, clock_mhz, 1e9, budget).est_fps  # never reached
+    except FoldingInfeasible as e:
+        fastest = e.best_fps
+    targets = sorted({round(target_fps * f) for f in (0.25, 0.5, 1.0)} | ({math.floor(fastest)} if fastest else set()))
+    rows = []
+    for t in targets:
+        row = {"target_fps": t}
+        try:
+            row["qdeploy"] = fold(copy.deepcopy(model), part, clock_mhz, t, budget).summary()
+        except FoldingInfeasible as e:
+            row["qdeploy"] = {"fits": False, "reason": str(e)}
+        row["setfolding"] = finn_setfolding(model, part, clock_mhz, t, budget).summary()
+        rows.append(row)
+    return rows
+
+
 def apply_folding(model, config: dict):
-    """Set the folding `config` on the model's nodes in place (FINN's ApplyConfig); returns model."""
+    """Set the folding `config` on the model's nodes in place (FINN's ApplyConfig), first
+    switching the implementation of the layers whose entry names another (fs.IMPL); returns model."""
     from finn.transformation.general import ApplyConfig
 
-    ApplyConfig(copy.deepcopy(config)).apply(model)
+    config = copy.deepcopy(config)
+    for name, attrs in config.items():
+        if isinstance(attrs, dict) and fs.IMPL in attrs:
+            fs.swap_impl(model.get_node_from_name(name), attrs.pop(fs.IMPL))
+    ApplyConfig(config).apply(model)
     return model
 
 
@@ -209,46 +295,84 @@ class _Search:
             if producer in where and consumer in where:
                 self.edges.append((where[producer], where[consumer], idx))
 
-    def fit(self, budget_cycles: int, settle: bool = True):
-        """Best choice within `budget_cycles`: (picks, None) if it fits, else (None, overuse).
+    def fit(self, budget_cycles: int):
+        """Best choice within `budget_cycles` by OBJECTIVE: (picks, None) if it fits the
+        budget of every resource, else (None, (resource, needed, share)) of its binding one.
 
-        Each round every layer takes its cheapest choice at the current resource prices.
-        A resource's price is 1/limit times the marginal cost of f(u) = u + u^2 at its
-        average utilization u so far (resources get dearer as they fill up, so a big
-        design balances LUTRAM against BRAM and LUT against DSP instead of filling one),
-        times a factor raised while the resource is over budget. The best round wins:
-        within budget first, then the lowest sum of f(u). With settle=False the first
-        round that fits is taken (enough to decide feasibility).
+        One mixed-integer program (HiGHS, through scipy): a binary x per unit and choice
+        within the cycle budget, exactly one per unit, and the binding share t with
+        sum(resource of the picks) <= t * limit for every resource; minimize t, then (with
+        a weight too small to trade against t) the sum of the shares; each pick is then
+        polished to the narrowest, slowest choice that costs no more (`_polish`).
+        The data-width converters FINN inserts depend on neighbouring picks: their LUTs are
+        reserved from the LUT limit and the program re-solved until the reserve covers them.
         """
-        mult = np.ones(len(RESOURCES))
-        mean_util = np.zeros(len(RESOURCES))
-        best = None
-        for k in range(_ROUNDS):
-            price = np.where(self.limit > 0, mult * (1 + 2 * mean_util) / np.maximum(self.limit, 1),
-                             _ZERO_CAPACITY_WEIGHT)
-            picks = [self._cheapest(t, budget_cycles, price) for t in self.tables]
+        reserve, best = 0.0, None
+        for _ in range(_DWC_ROUNDS):
+            picks = self._solve(budget_cycles, reserve)
+            if picks is None:  # only a resource the part lacks can make the program infeasible
+                worst = int(np.argmin(self.limit))
+                return None, (RESOURCES[worst], 0, float("inf"))
             total = self.totals(picks)
-            util = np.where(self.limit > 0, total / np.maximum(self.limit, 1), np.where(total > 0, np.inf, 0))
-            capped = np.minimum(util, 10.0)
-            score = (max(float(util.max()) - 1, 0.0), float(np.sum(capped + capped**2)))
+            util = total / np.maximum(self.limit, 1)
+            score = (max(float(util.max()) - 1, 0.0), float(util.max()), float(util.sum()))
             if best is None or score < best[0]:
                 best = (score, picks, total, util)
-            if score[0] == 0 and not settle:
+            dwc = float(self._dwc(picks))
+            if dwc <= reserve:
                 break
-            mean_util = (mean_util * k + capped) / (k + 1)
-            mult = np.where(util > 1, mult * np.minimum(4.0, np.maximum(1.25, util)), mult)
+            reserve = dwc
         _, picks, total, util = best
-        if np.all(util <= 1):
+        if np.all(total <= self.limit):
             return picks, None
         worst = int(np.argmax(util))
         return None, (RESOURCES[worst], int(total[worst]), float(util[worst]))
 
-    @staticmethod
-    def _cheapest(table, budget_cycles, weights) -> int:
-        n = int(np.searchsorted(table.cycles, budget_cycles, side="right"))
-        cost = table.res[:n] @ weights
-        # Cheapest; among equally cheap the narrowest streams, then the fastest.
-        return int(np.lexsort((np.arange(n), table.width[:n], cost))[0])
+    def _solve(self, budget_cycles: int, lut_reserve: float):
+        """The program's picks (one index per unit), or None when it is infeasible."""
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import lil_matrix
+
+        counts = [int(np.searchsorted(t.cycles, budget_cycles, side="right")) for t in self.tables]
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        n = int(offsets[-1])  # choice variables; variable n is t
+        res = np.concatenate([t.res[:k] for t, k in zip(self.tables, counts)]).astype(float)
+        has = self.limit > 0
+        share = res[:, has] / self.limit[has]
+        cost = np.zeros(n + 1)
+        cost[n] = 1.0
+        cost[:n] = _TIE_SHARES * share.sum(axis=1)
+        rows = lil_matrix((len(self.tables) + len(RESOURCES), n + 1))
+        lo, hi = [], []
+        for u in range(len(self.tables)):  # one choice per unit
+            rows[u, offsets[u]:offsets[u + 1]] = 1
+            lo.append(1)
+            hi.append(1)
+        for r in range(len(RESOURCES)):  # sum <= t * limit (a resource the part lacks: sum <= 0)
+            row = len(self.tables) + r
+            rows[row, :n] = res[:, r]
+            rows[row, n] = -self.limit[r] if has[r] else 0.0
+            lo.append(-np.inf)
+            hi.append(-lut_reserve if r == 0 else 0.0)
+        integrality = np.ones(n + 1)
+        integrality[n] = 0
+        out = milp(cost, constraints=LinearConstraint(rows.tocsr(), lo, hi), integrality=integrality,
+                   bounds=Bounds(np.zeros(n + 1), np.concatenate([np.ones(n), [np.inf]])),
+                   options={"node_limit": _NODE_LIMIT, "mip_rel_gap": 1e-4})
+        if out.x is None:
+            return None
+        x = out.x[:n]
+        picks = [int(np.argmax(x[offsets[u]:offsets[u + 1]])) for u in range(len(self.tables))]
+        return [self._polish(t, p, k) for t, p, k in zip(self.tables, picks, counts)]
+
+    def _polish(self, table, pick: int, count: int) -> int:
+        """Among the unit's choices within the cycle budget that need no more of any resource
+        than `pick`, the narrowest streams, then the least resources, then the slowest: no
+        parallelism is bought that the design does not need (FINN's estimates call some of it
+        free, e.g. up to 4 PEs share an RTL MVU's DSPs)."""
+        ok = np.flatnonzero(np.all(table.res[:count] <= table.res[pick], axis=1))
+        share = table.res[ok] @ (1.0 / np.maximum(self.limit, 1))
+        return int(ok[np.lexsort((-table.cycles[ok], share, table.width[ok]))[0]])
 
     def totals(self, picks) -> np.ndarray:
         total = np.sum([t.res[p] for t, p in zip(self.tables, picks)], axis=0).astype(float)
@@ -288,7 +412,7 @@ def _infeasible(search, part, clock_hz, target_fps, budget, budget_cycles, min_c
     lo, hi, best = 0, len(values) - 1, None
     while lo <= hi:  # smallest cycle budget that fits (fitting is monotone in the budget)
         mid = (lo + hi) // 2
-        picks, _ = search.fit(values[mid], settle=False)
+        picks, _ = search.fit(values[mid])
         if picks is not None:
             best, hi = values[mid], mid - 1
         else:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
@@ -62,8 +63,8 @@ class FoldingPlan(Protocol):
     est_fps: float
 
 
-# fold(model, part, clock_mhz, target_fps, budget) -> FoldingPlan
-FoldingFn = Callable[[Any, Any, float, float, float], FoldingPlan]
+# fold(model, part, clock_mhz, target_fps, budget, replicas=...) -> FoldingPlan
+FoldingFn = Callable[..., FoldingPlan]
 
 
 @dataclass
@@ -77,6 +78,8 @@ class FlowConfig:
     budget: float
     folding: Optional[FoldingFn] = None
     streamline: str = "auto"  # "auto" | "finn" | "plus"
+    thresholds: str = "auto"  # "auto" | "standalone" | "embedded": see standalone_thresholds()
+    replicas: int | str = 1  # data-parallel instances of the dataflow, or "auto" (folding.fold)
     notes: dict = field(default_factory=dict)  # what steps report back (host ops, folding, ...)
     _finn: Any = None
 
@@ -118,9 +121,31 @@ def dataflow_build_config(cfg: FlowConfig, **overrides):
         generate_outputs=[DataflowOutputType.ESTIMATE_REPORTS],
         save_intermediate_models=True,
         minimize_bit_width=True,
+        standalone_thresholds=standalone_thresholds(cfg),
     )
     fields.update(overrides)
     return DataflowBuildConfig(**fields)
+
+
+THRESHOLD_MODES = ("auto", "standalone", "embedded")
+
+
+def standalone_thresholds(cfg: FlowConfig) -> bool:
+    """Whether activations become Thresholding layers of their own (FINN's standalone_thresholds).
+
+    Only an MVAU without embedded thresholds can be FINN's RTL MVU, which packs several
+    multiplications into each DSP (DSP48E2, DSP58); the folding then picks per layer
+    between it and the HLS MVU on LUTs or DSPs. "auto" is standalone on parts with those
+    DSPs and embedded on DSP48E1 parts (Zynq-7000), where the RTL MVU also needs
+    narrow-range weights and an HLS MVU with its thresholds inside is the smaller design.
+    """
+    if cfg.thresholds not in THRESHOLD_MODES:
+        raise UserError(f"fpga.thresholds must be one of {', '.join(THRESHOLD_MODES)}, got {cfg.thresholds!r}")
+    if cfg.thresholds != "auto":
+        return cfg.thresholds == "standalone"
+    from finn.util.basic import get_dsp_block
+
+    return get_dsp_block(cfg.part.fpga_part) != "DSP48E1"
 
 
 def shell_flow_type(part) -> str:
@@ -338,9 +363,10 @@ def specialize_layers(model, cfg: FlowConfig):
 def folding(model, cfg: FlowConfig):
     """Set PE/SIMD (parallelism) per layer: the folding plugin if given, else FINN's SetFolding."""
     from finn.transformation.fpgadataflow.set_folding import SetFolding
-    from finn.transformation.general import ApplyConfig
     from finn.transformation.qonnx.give_unique_node_names_recursive import GiveUniqueNodeNamesRecursive
     from finn.util.config import extract_model_config
+
+    from compilers.finn.folding import apply_folding, pareto
 
     model = model.transform(GiveUniqueNodeNamesRecursive())
     if cfg.folding is None:
@@ -349,13 +375,18 @@ def folding(model, cfg: FlowConfig):
         cfg.notes["folding"] = {"method": "finn.SetFolding", "target_cycles_per_frame": cycles}
     else:
         fresh = copy.deepcopy(model)  # unfolded: FINN's SetFolding for the comparison starts from here
-        plan = cfg.folding(model, cfg.part, cfg.clock_mhz, cfg.target_fps, cfg.budget)
-        model = model.transform(ApplyConfig(dict(plan.config)))
+        t0 = time.perf_counter()
+        plan = cfg.folding(model, cfg.part, cfg.clock_mhz, cfg.target_fps, cfg.budget, replicas=cfg.replicas)
+        seconds = round(time.perf_counter() - t0, 3)
+        model = apply_folding(model, dict(plan.config))  # FINN's ApplyConfig, and switched implementations
         cfg.notes["folding"] = {"method": getattr(cfg.folding, "__qualname__", repr(cfg.folding)),
-                                "plugin_est_fps": float(plan.est_fps)}
+                                "plugin_est_fps": float(plan.est_fps), "search_seconds": seconds,
+                                "replicas": int(getattr(plan, "replicas", 1))}
         if hasattr(plan, "to_report"):  # kept with the flow's notes: a resumed flow still has it
             cfg.notes["folding"]["plan"] = plan.to_report()
-        cfg.notes["folding"]["comparison"] = {"setfolding": setfolding_comparison(fresh, cfg)}
+        cfg.notes["folding"]["comparison"] = {"setfolding": setfolding_comparison(fresh, cfg),
+                                              "pareto": pareto(fresh, cfg.part, cfg.clock_mhz, cfg.target_fps,
+                                                               cfg.budget)}
     model = model.transform(GiveUniqueNodeNamesRecursive())
     write_json(cfg.report_dir / "folding_config.json", extract_model_config(model, None, FOLDING_ATTRS))
     return model
@@ -582,4 +613,7 @@ def config_summary(cfg: FlowConfig) -> dict:
         "target_fps": cfg.target_fps,
         "budget": cfg.budget,
         "streamline": cfg.streamline,
+        "thresholds": cfg.thresholds,
+        "replicas": cfg.replicas,
+        "standalone_thresholds": standalone_thresholds(cfg),
     }

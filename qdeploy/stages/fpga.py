@@ -33,18 +33,22 @@ def check_fps_feasible(ctx: Context):
     """fpga.target_fps within what the dataflow pipeline can stream at all (one pixel a
     cycle through the stem's sliding window, every layer fully parallel): refused before
     training, with the best feasible fps named. Resource limits come later, at folding."""
+    from compilers.finn.folding import MAX_REPLICAS
     from targets.feasibility import best_feasible_fps
 
     r, m = ctx.recipe, ctx.recipe.model
     cfg = dict(name=m.name, in_size=tuple(r.dataset.size), width=m.width, weight_bits=m.weight_bits,
                act_bits=m.act_bits, input_bits=m.input_bits)
     feas = best_feasible_fps(cfg, r.fpga.part, r.fpga.clock_mhz)
-    if r.fpga.target_fps > feas.analytic_fps:
+    replicas = MAX_REPLICAS if r.fpga.replicas == "auto" else r.fpga.replicas
+    if r.fpga.target_fps > replicas * feas.analytic_fps:
         h, w = r.dataset.size
+        more = (f" ({replicas} data-parallel instances)" if replicas > 1 else
+                "; lower fpga.target_fps, raise fpga.clock_mhz, use a smaller dataset.size or set fpga.replicas "
+                "(data-parallel instances)")
         raise UserError(f"fpga.target_fps {r.fpga.target_fps:,.0f} is beyond what {m.name} at {h}x{w} can stream on "
-                        f"{feas.part} at {feas.clock_mhz:g} MHz: at most {feas.analytic_fps:,.0f} fps (bottleneck "
-                        f"{feas.analytic_bottleneck}, every layer fully parallel); lower fpga.target_fps, raise "
-                        "fpga.clock_mhz or use a smaller dataset.size")
+                        f"{feas.part} at {feas.clock_mhz:g} MHz: at most {replicas * feas.analytic_fps:,.0f} fps "
+                        f"(bottleneck {feas.analytic_bottleneck}, every layer fully parallel){more}")
 
 
 def parity_pixels(ctx: Context):
@@ -67,17 +71,23 @@ def step_lower(ctx: Context):
     reference = outputs if len(outputs) > 1 else outputs[0]  # a two-output model: decision and defect map
     result = lower(ctx.layout.qonnx, ctx.stage_dir(STAGE), part, r.clock_mhz,
                    r.target_fps, r.budget, samples_uint8=pixels, reference_logits=reference, folding=fold,
+                   thresholds=r.thresholds, replicas=r.replicas,
                    log=lambda msg: console.print(f"  {msg}"))
     folding = result.notes["folding"]  # the flow's notes: also there when the flow resumed past its folding step
     summary = {**folding["plan"], "setfolding": folding["comparison"]["setfolding"],
                "finn_estimate": {"est_fps": result.est_fps, "est_latency_ms": result.est_latency_ms,
                                  "resources": result.resources},
-               "budget_use": result.budget_use, "continuation": result.continuation,
+               "budget_use": {r: int(folding.get("replicas", 1)) * u for r, u in result.budget_use.items()},
+               "continuation": result.continuation,
                "stages": [p.to_dict() for p in result.parity], "bit_exact": result.bit_exact,
                "generated_sources": {k: len(v) for k, v in result.generated_sources.items()}}
-    # FINN's own estimate of the final design is the headline; our search's numbers match it
-    summary["est_fps"] = result.est_fps
-    summary["resources"] = result.resources
+    # FINN's own estimate of the final design is the headline (our search's numbers match it),
+    # times the data-parallel instances when there are several
+    k = int(folding.get("replicas", 1))
+    summary["est_fps"] = k * result.est_fps
+    summary["resources"] = {r: k * v for r, v in result.resources.items()}
+    summary["pareto"] = folding["comparison"].get("pareto", [])
+    summary["search_seconds"] = folding.get("search_seconds")
     write_json(ctx.layout.fpga_summary, summary)
     _print_summary(summary)
 
@@ -89,6 +99,9 @@ def _print_summary(s: dict) -> None:
                   f"(target {s['target_fps']:,.0f}; FINN's own folding at that target: {s['setfolding']['est_fps']:,.0f} fps, "
                   f"{s['setfolding']['LUT']:,.0f} LUT) — estimates, not hardware measurements")
     console.print(f"  resources (estimate): {use}; budget {s['budget']:.0%}")
+    if (s.get("replicas") or 1) > 1:
+        console.print(f"  {s['replicas']} data-parallel instances of the dataflow, each "
+                      f"{s['instance']['est_fps']:,.0f} fps (estimate); FINN builds one (NEXT_STEPS.txt)")
     worst = [p for p in s["stages"] if not p["exact"]]
     console.print(f"  parity: {len(s['stages'])} stages x {s['stages'][0]['n'] if s['stages'] else 0} test images: "
                   + ("bit-exact at every stage" if not worst else f"{len(worst)} stage(s) differ, first: {worst[0]['stage']}"))
