@@ -143,7 +143,7 @@ class TrainConfig(_Section):
 class FpgaConfig(_Section):
     part: str = Field("zcu104", min_length=1, max_length=64)
     clock_mhz: Optional[float] = Field(None, gt=0, le=1000)  # None: the board's default clock
-    target_fps: float = Field(20000, gt=0, le=1e9)
+    target_fps: float = Field(40000, gt=0, le=1e9)
     budget: float = Field(0.7, gt=0, le=1)  # fraction of LUT/BRAM/URAM/DSP the design may use
     # activations as Thresholding layers of their own (lets MVAUs be FINN's DSP-packing RTL MVU)
     # or inside the MVAUs; auto: standalone on UltraScale+/Versal, embedded on Zynq-7000

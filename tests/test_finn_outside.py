@@ -282,3 +282,56 @@ def test_a_scale_streamlining_left_is_named_at_partitioning(tmp_path, monkeypatc
     with pytest.raises(UserError, match=r"node MatMul_\d+ \(MatMul\) reads a float tensor produced by (Elementwise)?Mul_\d+ "
                                         r"\((Elementwise)?Mul, a per-channel scale\) that streamlining could not absorb"):
         lower(path, tmp_path / "fpga", get_part(PART), 200.0, target_fps=1000, log=lambda s: None)
+
+
+# ---------------------------------------------------------------- folding against SetFolding
+
+
+def _ours_and_setfolding_at_three_targets(tmp_path, cls, kw):
+    """At a tenth, a third and all of our fastest fit: ours reaches every target (and FINN
+    generates its code), with a binding share no larger than SetFolding's wherever SetFolding
+    also reaches it; where SetFolding misses, ours is still at the target."""
+    import copy
+    import math
+
+    from compilers.finn.env import finn_build_dir
+    from compilers.finn.folding import FoldingInfeasible, finn_setfolding, fold
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+    from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+    from targets.fpga_parts import get_part
+
+    model, _ = _specialized(tmp_path, cls, **kw)
+    part = get_part(PART)
+    try:
+        fastest = fold(copy.deepcopy(model), part, 200.0, 1e9).est_fps
+    except FoldingInfeasible as e:
+        fastest = e.best_fps
+    rows = []
+    for t in sorted({math.floor(fastest / 10), math.floor(fastest / 3), math.floor(fastest)}):
+        folded = copy.deepcopy(model)
+        ours = fold(folded, part, 200.0, t)
+        finn = finn_setfolding(model, part, 200.0, t)
+        assert ours.fits and ours.est_fps >= t
+        if finn.fits and finn.est_fps >= t:
+            assert ours.binding[1] <= finn.binding[1] + 1e-9, (t, ours.summary(), finn.summary())
+        with finn_build_dir(tmp_path / f"codegen{t}"):  # FINN generates the code of the design we show
+            folded.transform(InsertDWC()).transform(SpecializeLayers(part.fpga_part)).transform(
+                PrepareIP(part.fpga_part, 5.0))
+        rows.append((t, ours.summary(), finn.summary()))
+    return rows
+
+
+@pytest.mark.parametrize("name", list(MATRIX))
+def test_our_folding_beats_setfolding_at_three_targets(tmp_path, name):
+    cls, kw, _ = MATRIX[name]
+    rows = _ours_and_setfolding_at_three_targets(tmp_path, cls, kw)
+    assert len(rows) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FULL))
+def test_our_folding_beats_setfolding_at_three_targets_full_size(tmp_path, name):
+    cls, kw, _, _ = FULL[name]
+    rows = _ours_and_setfolding_at_three_targets(tmp_path, cls, kw)
+    assert len(rows) == 3

@@ -8,7 +8,7 @@ def test_default_recipe_is_the_embedded_job():
     r = load_recipe(None)
     assert r.dataset.kind == "synthetic" and r.dataset.size == (64, 64)
     assert (r.model.name, r.model.weight_bits, r.model.act_bits) == ("resnet8", 4, 4)
-    assert r.fpga.part == "zcu104" and r.fpga.target_fps == 20000
+    assert r.fpga.part == "zcu104" and r.fpga.target_fps == 40000
 
 
 @pytest.mark.parametrize("data, needle", [
