@@ -72,6 +72,16 @@ def test_every_stage_left_its_artifacts(built):
     assert fpga["est_fps"] >= 0.95 * 5000 and fpga["resources"]["LUT"] <= 0.7 * fpga["capacity"]["LUT"]
     assert (built / "fpga" / "report" / "folding_config.json").is_file()
     assert any((built / "fpga").rglob("*.v")) or any((built / "fpga").rglob("*.cpp"))
+    # our folding beside a fresh SetFolding at the same target, and at 3 more points
+    sf = fpga["setfolding"]
+    assert fpga["replicas"] == 1 and fpga["binding"]["resource"] in fpga["capacity"]
+    assert [p["target_fps"] for p in fpga["pareto"]][:3] == [1250, 2500, 5000] and len(fpga["pareto"]) == 4
+    for point in fpga["pareto"]:
+        ours = point["qdeploy"]
+        assert ours["fits"] and ours["est_fps"] >= point["target_fps"]
+        if point["setfolding"]["fits"] and point["setfolding"]["est_fps"] >= point["target_fps"]:
+            assert ours["binding_share"] <= point["setfolding"]["binding_share"] + 1e-9
+    assert sf["est_fps"] > 0 and fpga["pareto"][2]["setfolding"] == sf  # the same SetFolding run, twice reported
     assert (built / "npu" / "model.xml").is_file() and (built / "npu" / "model.bin").is_file()
     assert (built / "gpu" / "model.qdq.onnx").is_file() and (built / "gpu" / "trt_build.sh").is_file()
     engine = json.loads((built / "gpu" / "engine.json").read_text())
@@ -265,6 +275,8 @@ def test_report_renders_operating_point_confusion_and_verdicts_from_the_real_rep
     decisions the report recorded; one plain-words verdict per target."""
     report = _report(built)
     md = (built / "report" / "report.md").read_text()
+    assert "### Folding: ours vs FINN SetFolding" in md and "### fps against the binding resource" in md
+    assert md.count("| SetFolding |") == len(report["fpga"]["pareto"])
     for key in ("fpga", "npu", "gpu"):
         m = report["models"][key]
         op, am = m["operating_point"]["confusion_matrix"], m["metrics"]["confusion_matrix"]
