@@ -40,7 +40,7 @@ from compilers.finn.part import Part, require_part
 RESOURCES = fs.RESOURCES
 # What the search minimizes, as the report states it.
 OBJECTIVE = ("within the budget of every resource at the target; then the lowest binding share "
-             "(the largest fraction of any resource's budget); then the lowest sum of the shares")
+             "(the largest share of the part that any one resource takes); then the lowest sum of the shares")
 _DWC_ROUNDS = 4  # re-solves with the data-width converters' LUTs reserved
 _NODE_LIMIT = 20_000  # branch-and-bound nodes per program: bounded and deterministic (no time limit)
 _TIE_SHARES = 1e-3  # objective weight of the sum of shares (t itself has weight 1)
