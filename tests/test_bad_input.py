@@ -256,7 +256,11 @@ CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {
     # targets: what the part, the compiler or the machine cannot do
     "fps-beyond-the-part": (lambda t, g: Setup(["build", "--target", "fpga", *TINY, "--set", "fpga.target_fps=1000000"],
                                                copy_of(g(), t), "fpga", ("fpga/fpga_summary.json",)),
-                            ("fpga.target_fps 1,000,000", "at most")),  # refused before the FINN flow
+                            ("fpga.target_fps 1,000,000", "at most", "fpga.replicas")),  # refused before the FINN flow
+    "fps-beyond-16-instances": (lambda t, g: Setup(["build", "--target", "fpga", *TINY, "--set", "fpga.target_fps=1e8",
+                                                    "--set", "fpga.replicas=auto"],
+                                                   copy_of(g(), t), "fpga", ("fpga/fpga_summary.json",)),
+                                ("fpga.target_fps 100,000,000", "16 data-parallel instances")),
     "layer-finn-cannot-lower": (lambda t, g: Setup(["build", "--target", "fpga", *TINY, "--set", "model.name=effnet_b0"], t / "b"),
                                 ("effnet_b0", "SiLU", "squeeze-excite", "resnet8")),
     "npu-requested-without-npu": (lambda t, g: Setup(["build", "--target", "npu", *TINY, "--set", "npu.device=npu"], t / "b"),

@@ -77,6 +77,8 @@ CASES = {
     "threads-100000": (_sets("train.threads=100000"), ("train.threads", "1 <= train.threads <= 256")),
     "fps-inf": (_sets("fpga.target_fps=.inf"), ("fpga.target_fps", "finite")),
     "clock-zero": (_sets("fpga.clock_mhz=0"), ("fpga.clock_mhz", "0 < fpga.clock_mhz <= 1000")),
+    "replicas-zero": (_sets("fpga.replicas=0"), ("fpga.replicas",)),
+    "thresholds-unknown": (_sets("fpga.thresholds=inside"), ("fpga.thresholds", "standalone")),
     "epochs-huge": (_sets("train.float_epochs=100000"), ("train.float_epochs", "0 <= train.float_epochs <= 1000")),
     "epochs-float": (_sets("train.qat_epochs=2.5"), ("train.qat_epochs", "integer", "1 <= train.qat_epochs")),
     "steps-patience-zero": (_sets("train.patience=0"), ("train.patience", "1 <= train.patience <= 1000")),
