@@ -225,3 +225,26 @@ def test_an_interrupted_flow_resumes_after_its_last_finished_step(build, flow_in
     assert finished_state(cfg, "another input or setting", STEP_NAMES) is None
     (out / "intermediate_models" / "tidy_up.onnx").unlink()
     assert finished_state(cfg, state["key"], STEP_NAMES) is None  # a step's model is gone: start afresh
+
+
+def test_data_parallel_replicas_are_labelled_in_the_result_and_next_steps(flow_input, tmp_path):
+    """Beyond one pipeline's pixel rate (16x16: about 610k fps at 200 MHz) the folding takes two
+    instances; FINN builds one, and the notes, NEXT_STEPS.txt and replication.json say so."""
+    from compilers.finn.folding import fold
+
+    path, pixels, reference = flow_input
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("XILINX_VIVADO", raising=False)
+        result = lower(path, tmp_path, get_part("zcu104"), clock_mhz=200, target_fps=1_000_000, budget=0.7,
+                       samples_uint8=pixels[:8], reference_logits=reference[:8], folding=fold, replicas="auto",
+                       log=lambda m: None)
+    assert result.bit_exact
+    f = result.notes["folding"]
+    plan = f["plan"]
+    assert f["replicas"] == plan["replicas"] == 2
+    assert plan["est_fps"] == 2 * plan["instance"]["est_fps"] >= 1_000_000
+    assert result.est_fps == pytest.approx(plan["instance"]["est_fps"])  # FINN's estimate is one instance's
+    assert all(plan["resources"][r] == 2 * v for r, v in plan["instance"]["resources"].items())
+    text = (tmp_path / "NEXT_STEPS.txt").read_text()
+    assert "Data-parallel replication: the folding chose 2 instances" in text
+    assert json.loads((tmp_path / "replication.json").read_text())["replicas"] == 2
