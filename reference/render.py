@@ -385,9 +385,11 @@ def _fpga(report: dict, plot_paths: dict) -> list[Block]:
         rows = []
         for p in pareto:
             for name, d in (("qdeploy", p.get("qdeploy") or {}), ("SetFolding", p.get("setfolding") or {})):
-                rows.append([_int(p["target_fps"]), *_fold_row(name, d, cap)])
+                gen = "–" if "codegen_error" not in d else (
+                    _c("yes", "pass") if d["codegen_error"] is None else _c(f"no: {d['codegen_error']}", "fail"))
+                rows.append([_int(p["target_fps"]), *_fold_row(name, d, cap), gen])
         out += [Block("h3", "fps against the binding resource (estimates)"),
-                _table(["Target fps", *_FOLD_COLUMNS], rows)]
+                _table(["Target fps", *_FOLD_COLUMNS, "FINN generates its code"], rows)]
     stages = f.get("stages") or []
     if stages:
         rows = [[s["stage"], _c(_pct(s["argmax_agreement"]), None if s["argmax_agreement"] >= 1 else "fail"),

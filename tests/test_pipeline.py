@@ -79,9 +79,11 @@ def test_every_stage_left_its_artifacts(built):
     for point in fpga["pareto"]:
         ours = point["qdeploy"]
         assert ours["fits"] and ours["est_fps"] >= point["target_fps"]
+        assert ours["codegen_error"] is None  # FINN generates the code of every design the report shows
         if point["setfolding"]["fits"] and point["setfolding"]["est_fps"] >= point["target_fps"]:
             assert ours["binding_share"] <= point["setfolding"]["binding_share"] + 1e-9
-    assert sf["est_fps"] > 0 and fpga["pareto"][2]["setfolding"] == sf  # the same SetFolding run, twice reported
+    same = {k: v for k, v in fpga["pareto"][2]["setfolding"].items() if k != "codegen_error"}
+    assert sf["est_fps"] > 0 and same == sf  # the same SetFolding run, twice reported
     assert (built / "npu" / "model.xml").is_file() and (built / "npu" / "model.bin").is_file()
     assert (built / "gpu" / "model.qdq.onnx").is_file() and (built / "gpu" / "trt_build.sh").is_file()
     engine = json.loads((built / "gpu" / "engine.json").read_text())

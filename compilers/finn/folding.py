@@ -187,10 +187,12 @@ def _fold_replicated(model, part, clock_mhz, target_fps, budget, replicas) -> Fo
                             f"{budget / MAX_REPLICAS:.1%} of the part, do not reach it either", None)
 
 
-def pareto(model, part: Part, clock_mhz: float | None, target_fps: float, budget: float = 0.7) -> list[dict]:
+def pareto(model, part: Part, clock_mhz: float | None, target_fps: float, budget: float = 0.7,
+           codegen: bool = False) -> list[dict]:
     """Ours and FINN's SetFolding (both on copies of the unfolded `model`) at a quarter,
     half and all of `target_fps`, and at the fastest single-pipeline design that fits the
-    budget: fps against the binding resource share (FoldingResult.binding)."""
+    budget: fps against the binding resource share (FoldingResult.binding). codegen: each
+    design also goes through FINN's code generation (`codegen_error`), in FINN's build dir."""
     part, clock_mhz = _part_and_clock(part, clock_mhz)
     try:
         fastest = fold(copy.deepcopy(model), part, clock_mhz, 1e9, budget).est_fps  # never reached
@@ -200,13 +202,38 @@ def pareto(model, part: Part, clock_mhz: float | None, target_fps: float, budget
     rows = []
     for t in targets:
         row = {"target_fps": t}
+        designs = []
         try:
-            row["qdeploy"] = fold(copy.deepcopy(model), part, clock_mhz, t, budget).summary()
+            ours = fold(copy.deepcopy(model), part, clock_mhz, t, budget)
+            row["qdeploy"] = ours.summary()
+            designs.append((row["qdeploy"], ours.config))
         except FoldingInfeasible as e:
             row["qdeploy"] = {"fits": False, "reason": str(e)}
-        row["setfolding"] = finn_setfolding(model, part, clock_mhz, t, budget).summary()
+        theirs = finn_setfolding(model, part, clock_mhz, t, budget)
+        row["setfolding"] = theirs.summary()
+        designs.append((row["setfolding"], theirs.config))
+        if codegen:
+            for summary, config in designs:
+                summary["codegen_error"] = codegen_error(model, config, part, clock_mhz)
         rows.append(row)
     return rows
+
+
+def codegen_error(model, config: dict, part: Part, clock_mhz: float) -> str | None:
+    """None if FINN generates the HLS/RTL code of `model` folded by `config` (on a copy:
+    InsertDWC, SpecializeLayers, PrepareIP, as the flow's hw_codegen step), else the first
+    line of FINN's error. Writes into FINN's build dir (finn_build_dir)."""
+    from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
+    from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
+    from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
+
+    folded = apply_folding(copy.deepcopy(model), config)
+    try:
+        folded.transform(InsertDWC()).transform(SpecializeLayers(part.fpga_part)).transform(
+            PrepareIP(part.fpga_part, 1e3 / clock_mhz))
+    except Exception as e:  # FINN signals what it cannot generate by raising
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return None
 
 
 def apply_folding(model, config: dict):

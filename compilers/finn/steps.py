@@ -386,7 +386,7 @@ def folding(model, cfg: FlowConfig):
             cfg.notes["folding"]["plan"] = plan.to_report()
         cfg.notes["folding"]["comparison"] = {"setfolding": setfolding_comparison(fresh, cfg),
                                               "pareto": pareto(fresh, cfg.part, cfg.clock_mhz, cfg.target_fps,
-                                                               cfg.budget)}
+                                                               cfg.budget, codegen=True)}
     model = model.transform(GiveUniqueNodeNamesRecursive())
     write_json(cfg.report_dir / "folding_config.json", extract_model_config(model, None, FOLDING_ATTRS))
     return model
