@@ -263,3 +263,24 @@ def print_bench(result: dict) -> None:
                       fmt(ratios.get("pytorch-fp32")), fmt(ratios.get("onnxruntime-fp32")),
                       "ESTIMATE" if r["kind"] == "estimate" else r["kind"])
     console.print(table)
+    pareto = next((r["settings"].get("pareto") for r in result["results"]
+                   if r["target"] == "fpga" and r["settings"].get("folding") == "qdeploy"), None)
+    if pareto:
+        print_pareto(pareto)
+
+
+def print_pareto(rows: list[dict]) -> None:
+    """Our folding beside FINN's SetFolding at each target: fps and the binding resource (estimates)."""
+    from rich.table import Table
+
+    table = Table(title="FPGA folding: fps against the binding resource share of the part (FINN estimates)")
+    for col in ("target fps", "folding", "fps", "binding resource", "share", "within budget"):
+        table.add_column(col, justify="left" if col in ("folding", "binding resource") else "right")
+    for row in rows:
+        for name in ("qdeploy", "setfolding"):
+            d = row.get(name) or {}
+            fps = f"{d['est_fps']:,.0f}" if d.get("est_fps") else "does not fit"
+            share = f"{d['binding_share']:.1%}" if d.get("binding_share") is not None else "-"
+            table.add_row(f"{row['target_fps']:,}", name, fps, str(d.get("binding") or "-"), share,
+                          "yes" if d.get("fits") else "no")
+    console.print(table)
