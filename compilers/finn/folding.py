@@ -387,7 +387,11 @@ class _Search:
                    bounds=Bounds(np.zeros(n + 1), np.concatenate([np.ones(n), [np.inf]])),
                    options={"node_limit": _NODE_LIMIT, "mip_rel_gap": 1e-4})
         if out.x is None:
-            return None
+            if out.status == 2:  # infeasible: only a resource the part lacks can make it so
+                return None
+            # the node limit reached before any integer solution (not seen in practice): the
+            # slowest choice of every unit within the budget, the polish and the checks still apply
+            return [self._polish(t, k - 1, k) for t, k in zip(self.tables, counts)]
         x = out.x[:n]
         picks = [int(np.argmax(x[offsets[u]:offsets[u + 1]])) for u in range(len(self.tables))]
         return [self._polish(t, p, k) for t, p, k in zip(self.tables, picks, counts)]
