@@ -35,3 +35,29 @@ def test_finn_estimate_reaches_the_bound_when_it_fits(tmp_path):
                           work_dir=tmp_path)
     assert r.finn_limit == "fully parallel" and r.finn_fps == pytest.approx(r.analytic_fps)
     assert 0 < r.finn_resources["LUT"] < 0.7 * 230_400
+
+
+def _recipe_model(name: str) -> tuple[dict, object]:
+    from pathlib import Path
+
+    from qdeploy.recipe import load_recipe
+
+    r = load_recipe(Path(__file__).parents[1] / "recipes" / f"{name}.yaml")
+    m = r.model
+    cfg = dict(name=m.name, in_size=tuple(r.dataset.size), width=m.width, weight_bits=m.weight_bits,
+               act_bits=m.act_bits, input_bits=m.input_bits, num_classes=6 if r.dataset.task == "type" else 2)
+    if m.edge_weight_bits is not None:
+        cfg["edge_weight_bits"] = m.edge_weight_bits
+    return cfg, r
+
+
+@pytest.mark.parametrize("name", ["default", pytest.param("neu", marks=pytest.mark.slow)])
+def test_recipe_fps_target_fits_the_part(name, tmp_path):
+    """The recipes' own FPGA targets (default job 40,000 fps, NEU 10,000) fit 70% of every ZCU104
+    resource by FINN's estimates: the fastest folding that fits is at least the target."""
+    cfg, r = _recipe_model(name)
+    f = best_feasible_fps(cfg, r.fpga.part, r.fpga.clock_mhz, budget=r.fpga.budget, method="finn", work_dir=tmp_path)
+    assert f.finn_fps >= r.fpga.target_fps, (f.finn_fps, f.finn_limit)
+    cap = {"LUT": 230_400, "BRAM_18K": 624, "URAM": 96, "DSP": 1_728}
+    assert all(f.finn_resources[k] <= r.fpga.budget * c for k, c in cap.items()), f.finn_resources
+    assert f.finn_resources["DSP"] > 50  # the MACs are on the part's DSPs too, not on LUTs alone
