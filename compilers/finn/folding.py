@@ -7,8 +7,8 @@ after FINN's convert_to_hw, create_dataflow_partition and specialize_layers:
    estimates (compilers.finn.fold_space): cycles per frame, LUT, BRAM_18K, URAM, DSP.
 2. With the cycle budget C = clock / target_fps, each layer takes one folding that needs
    at most C cycles, chosen together by one mixed-integer program (HiGHS, via scipy)
-   for `OBJECTIVE`: the lowest binding share (the largest fraction of any resource's
-   budget: LUT, BRAM_18K, URAM, DSP), then the lowest sum of shares. The choices span
+   for `OBJECTIVE`: the lowest binding share (the largest share of the part that any
+   one of LUT, BRAM_18K, URAM, DSP takes), then the lowest sum of shares. The choices span
    PE/SIMD, LUTRAM/BRAM/URAM, LUT or DSP arithmetic (resType, and each MVAU as FINN's
    HLS or DSP-packing RTL MVU, fold_space.ALTERNATIVES) and the sliding window's
    parallel mode, so a design is bounded by the whole part, not by its LUTs alone.
