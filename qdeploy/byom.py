@@ -65,7 +65,8 @@ def build_own_model(ctx: Context, target: str, model_path: Path, samples: str | 
     pixels = read_samples(Path(samples), shape, resize=resize)
     out = ctx.build_dir / "fpga-byom" / model_path.name.split(".")[0]
     result = lower(model_path, out, part, r.clock_mhz, r.target_fps, r.budget, samples_uint8=pixels,
-                   reference_logits=None, folding=fold, thresholds=r.thresholds, replicas=r.replicas, log=lambda msg: console.print(f"  {msg}"))
+                   reference_logits=None, folding=fold, thresholds=r.thresholds, replicas=r.replicas,
+                   log=lambda msg: console.print(f"  {msg}"))
     write_json(out / "byom_summary.json", result.to_dict())
     worst = [p for p in result.parity if not p.exact]
     sf = result.notes["folding"]["comparison"]["setfolding"]

@@ -199,7 +199,8 @@ def pareto(model, part: Part, clock_mhz: float | None, target_fps: float, budget
         fastest = fold(copy.deepcopy(model), part, clock_mhz, 1e9, budget).est_fps  # never reached
     except FoldingInfeasible as e:
         fastest = e.best_fps
-    targets = sorted({round(target_fps * f) for f in (0.25, 0.5, 1.0)} | ({math.floor(fastest)} if fastest else set()))
+    targets = sorted({round(target_fps * f) for f in (0.25, 0.5)} | {target_fps}
+                     | ({math.floor(fastest)} if fastest else set()))
     rows, generated = [], {}  # FINN's code generation, once per distinct design
     for t in targets:
         row = {"target_fps": t}

@@ -384,20 +384,14 @@ def folding(model, cfg: FlowConfig):
                                 "replicas": int(getattr(plan, "replicas", 1))}
         if hasattr(plan, "to_report"):  # kept with the flow's notes: a resumed flow still has it
             cfg.notes["folding"]["plan"] = plan.to_report()
-        cfg.notes["folding"]["comparison"] = {"setfolding": setfolding_comparison(fresh, cfg),
-                                              "pareto": pareto(fresh, cfg.part, cfg.clock_mhz, cfg.target_fps,
-                                                               cfg.budget, codegen=True)}
+        # FINN's SetFolding on the unfolded model, at the target among the Pareto points
+        points = pareto(fresh, cfg.part, cfg.clock_mhz, cfg.target_fps, cfg.budget, codegen=True)
+        at_target = next(p["setfolding"] for p in points if p["target_fps"] == cfg.target_fps)
+        setfolding = {k: v for k, v in at_target.items() if k != "codegen_error"}
+        cfg.notes["folding"]["comparison"] = {"setfolding": setfolding, "pareto": points}
     model = model.transform(GiveUniqueNodeNamesRecursive())
     write_json(cfg.report_dir / "folding_config.json", extract_model_config(model, None, FOLDING_ATTRS))
     return model
-
-
-def setfolding_comparison(unfolded, cfg: FlowConfig) -> dict:
-    """FINN's own SetFolding at the same target on the model before our folding touched it
-    (compilers.finn.folding.finn_setfolding: a copy, FINN's estimates), for the report."""
-    from compilers.finn.folding import finn_setfolding
-
-    return finn_setfolding(unfolded, cfg.part, cfg.clock_mhz, cfg.target_fps, cfg.budget).summary()
 
 
 def transpose_decomposition(model, cfg: FlowConfig):

@@ -74,16 +74,16 @@ def step_lower(ctx: Context):
                    thresholds=r.thresholds, replicas=r.replicas,
                    log=lambda msg: console.print(f"  {msg}"))
     folding = result.notes["folding"]  # the flow's notes: also there when the flow resumed past its folding step
+    k = int(folding.get("replicas", 1))  # data-parallel instances: FINN's figures are one instance's
     summary = {**folding["plan"], "setfolding": folding["comparison"]["setfolding"],
                "finn_estimate": {"est_fps": result.est_fps, "est_latency_ms": result.est_latency_ms,
                                  "resources": result.resources},
-               "budget_use": {r: int(folding.get("replicas", 1)) * u for r, u in result.budget_use.items()},
+               "budget_use": {r: k * u for r, u in result.budget_use.items()},
                "continuation": result.continuation,
                "stages": [p.to_dict() for p in result.parity], "bit_exact": result.bit_exact,
                "generated_sources": {k: len(v) for k, v in result.generated_sources.items()}}
     # FINN's own estimate of the final design is the headline (our search's numbers match it),
     # times the data-parallel instances when there are several
-    k = int(folding.get("replicas", 1))
     summary["est_fps"] = k * result.est_fps
     summary["resources"] = {r: k * v for r, v in result.resources.items()}
     summary["pareto"] = folding["comparison"].get("pareto", [])
