@@ -53,8 +53,8 @@ def export_qonnx(model: nn.Module, in_size: tuple[int, int], path: str | Path) -
         proto = onnx.load(str(tmp))
         float64_values.demote(proto)
         wrapper = cleanup_model(float64_values.exact(proto))
-        wrapper = wrapper.transform(InferShapes())
-        proto = wrapper.model
+        proto = float64_values.plain(wrapper.transform(InferShapes())).model
+        float64_values.widen(proto)  # every float initializer carries its value, also its own ones
         proto.producer_version = ""
         proto.doc_string = ""
         for node in proto.graph.node:

@@ -123,3 +123,26 @@ def test_widen_records_float32_values_and_keeps_float64_ones():
     float64_values.widen(exact)
     t = next(i for i in exact.graph.initializer if i.name == "t")
     assert float64_values.read(t, numpy_helper.to_array(t)).item() == T  # not overwritten
+
+
+def test_tensors_sharing_float32_data_keep_their_own_float64_values():
+    """'t' holds T (float32 data float32(T)), 'u' the same float32 data as its own value: the
+    exact wrapper gives each its value, through transformations and back into the file."""
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    proto = _demoted()
+    t = next(i for i in proto.graph.initializer if i.name == "t")
+    u = proto.graph.initializer.add()
+    u.CopyFrom(t)
+    u.name, u.doc_string = "u", ""
+    proto.graph.node.append(helper.make_node("Add", ["y", "u"], ["z"]))
+    proto.graph.output[0].name = "z"
+    model = float64_values.exact(proto).transform(InferShapes())
+    assert model.get_initializer("t").item() == T
+    assert model.get_initializer("u").item() == float(np.float32(T))  # its own value, not T
+    model.set_initializer("a", np.array(0.2))  # a value the table did not hold
+    assert model.get_initializer("a").item() == 0.2
+    back = {i.name: i for i in float64_values.recorded(model).graph.initializer}
+    assert float64_values.read(back["t"], numpy_helper.to_array(back["t"])).item() == T
+    assert float64_values.value(back["u"], numpy_helper.to_array(back["u"])).item() == float(np.float32(T))
+    assert float64_values.read(back["a"], numpy_helper.to_array(back["a"])).item() == 0.2

@@ -111,8 +111,7 @@ def run_steps(model, cfg: S.FlowConfig, steps: Sequence[Step] = STEPS, log: Call
         if i <= exact_until:
             model = step(float64_values.exact(model), cfg)
             if i == exact_until:
-                float64_values.strip(model.model)
-                model = float64_values.plain(model)
+                model = float64_values.plain(model, values=False)
         else:
             model = step(model, cfg)
         times[name] = round(time.perf_counter() - t0, 3)

@@ -6,7 +6,7 @@ work as they are. Our own steps replace them where something had to change:
 - preprocess:                 FINN takes raw uint8 pixels; prepend Mul(1/255), input UINT8.
 - fix_avgpool_trunc:          FINN converts a widening Trunc (TruncTo8bit after a small
                               pool) into a pool 2^k too small; rewrite it exactly first.
-- streamline:                 StreamlinePlus (finn-plus's ResNet step) when the graph has
+- streamline:                 StreamlinePlus (finn-plus's ResNet step, lean_streamline.py) when the graph has
                               forks or joins, else FINN's default; first, per-channel scales in
                               front of depthwise convs move past them (MobileNet-style stacks).
 - convert_to_hw:              RoundAndClipThresholds right after the conversion: finn-plus
@@ -33,6 +33,7 @@ import numpy as np
 from compilers.finn.part import Part
 from core.atomic import atomic_path, write_json
 from core.errors import UserError
+from quant import float64_values
 
 # Node attributes that make up a folding configuration (FINN's list, as in
 # step_target_fps_parallelization / step_apply_folding_config).
@@ -256,7 +257,8 @@ def tidy_up(model, cfg: FlowConfig):
 def streamline(model, cfg: FlowConfig):
     """Move float scales into thresholds. StreamlinePlus for graphs with forks/joins."""
     from finn.builder.build_dataflow_steps import step_streamline
-    from finn.builder.custom_step_library.resnet import step_resnet_streamline
+
+    from compilers.finn.lean_streamline import resnet_streamline
 
     held = hold_outputs(model)
     cfg.notes["outputs_held"] = [k for k, _ in held]
@@ -266,7 +268,7 @@ def streamline(model, cfg: FlowConfig):
         mode = "plus" if has_forks_or_joins(model) else "finn"
     cfg.notes["streamline"] = mode
     if mode == "plus":
-        model = step_resnet_streamline(model, cfg.finn)
+        model = resnet_streamline(model)
     elif mode == "finn":
         model = step_streamline(model, cfg.finn)
     else:
@@ -591,8 +593,11 @@ def generated_sources(model) -> dict[str, list[str]]:
 
 
 def save_model(model, path: Path) -> Path:
+    """Save a stage; an exact model (quant/float64_values.py) with its float64 values."""
+    import onnx
+
     with atomic_path(path) as tmp:
-        model.save(str(tmp))
+        onnx.save(float64_values.recorded(model), str(tmp))
     return path
 
 

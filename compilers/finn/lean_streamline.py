@@ -1,0 +1,146 @@
+"""finn-plus's ResNet streamlining (StreamlinePlus), the same transformations in the same order,
+without the cleanups that cannot change anything.
+
+Why: qonnx's ComposedTransformation deep-copies the model before each of its transformations
+and, after each, runs the model's cleanup and five more transformations (identity removal,
+node and tensor naming, shape and datatype inference: each shape inference serializes the
+whole graph), whether that transformation changed the graph or not. StreamlinePlus nests
+about 40 transformations, and the whole tree is repeated until nothing changes: on
+EfficientNet-Lite (width 1.0, 333 nodes) the step took 13 minutes, most of it cleaning up
+graphs no transformation had touched.
+
+`lean(tree)` rebuilds a ComposedTransformation tree (FINN's own, e.g. StreamlinePlus()) with
+LeanComposed nodes: a transformation that changed nothing is followed by no cleanup, as the
+graph is the output of the previous cleanup already (every cleanup transformation is
+idempotent); everything else is what ComposedTransformation does. tests/test_lean_streamline.py
+checks that both give the same graph.
+"""
+from __future__ import annotations
+
+import functools
+
+
+def lean(transformation):
+    """The transformation with every (nested) ComposedTransformation made a LeanComposed."""
+    from qonnx.transformation.composed import ComposedTransformation
+
+    if isinstance(transformation, ComposedTransformation):
+        return _lean_class()([lean(t) for t in transformation.transformations])
+    return transformation
+
+
+def resnet_streamline(model):
+    """finn-plus's step_resnet_streamline (finn.builder.custom_step_library.resnet) with
+    lean composed transformations."""
+    from finn.transformation.streamline.absorb import (AbsorbAddIntoMultiThreshold,
+                                                       AbsorbScalarBiasIntoMultiThreshold,
+                                                       AbsorbTransposeIntoMultiThreshold)
+    from finn.transformation.streamline.reorder import MoveMulPastAdd
+    from finn.transformation.streamline.streamline_plus import StreamlinePlus
+    from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+
+    composed, cls = _lean_class(), type(model)
+    model = _shape_inferring_class(cls)(model.model, fix_missing_initializer_valueinfo=False)
+    model = model.transform(composed([MoveMulPastAdd(), AbsorbScalarBiasIntoMultiThreshold()]))
+    model = model.transform(lean(StreamlinePlus()))
+    model = model.transform(composed([LowerConvsToMatMul(), AbsorbAddIntoMultiThreshold(),
+                                      AbsorbTransposeIntoMultiThreshold()]))
+    model = model.transform(lean(StreamlinePlus()))
+    return cls(model.model, fix_missing_initializer_valueinfo=False)
+
+
+# a float initializer this large is a weight or threshold tensor, never the shape data of a
+# Reshape/Slice/Pad/Resize/...: shape inference needs only its type and shape
+LARGE_INITIALIZER_BYTES = 1 << 16
+
+
+class InferShapesWithoutWeights:
+    """qonnx's InferShapes (the same value_info, outputs and initializer value_info), with the
+    large initializers given to ONNX shape inference as typed graph inputs instead of data.
+    After FINN lowers depthwise convolutions to dense MatMuls, EfficientNet-Lite's graph holds
+    285 MB of weights, and InferShapes serialized all of it about 500 times a streamlining."""
+
+    def apply(self, model):
+        import onnx
+        from onnx import helper
+        from qonnx.transformation.infer_shapes import _hide_finn_ops, _restore_finn_ops
+
+        hidden = _hide_finn_ops(model)
+        proto, graph = model.model, model.model.graph
+        shell = onnx.GraphProto(name=graph.name)
+        for field in ("node", "input", "output", "value_info", "sparse_initializer"):
+            getattr(shell, field).extend(getattr(graph, field))
+        for init in graph.initializer:
+            if init.data_type == onnx.TensorProto.FLOAT and init.ByteSize() > LARGE_INITIALIZER_BYTES:
+                shell.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+            else:
+                shell.initializer.append(init)
+        inferred = onnx.shape_inference.infer_shapes(helper.make_model(
+            shell, ir_version=proto.ir_version, opset_imports=proto.opset_import, functions=proto.functions))
+        for field in ("output", "value_info"):
+            del getattr(graph, field)[:]
+            getattr(graph, field).extend(getattr(inferred.graph, field))
+        _restore_finn_ops(model, hidden)
+        # qonnx's InferShapes returns a fresh ModelWrapper, which adds the value_info of the
+        # initializers missing theirs, in node order (check_all_tensor_shapes_specified, here
+        # without its quadratic lookups)
+        described = {vi.name for field in (graph.input, graph.output, graph.value_info) for vi in field}
+        inits = {init.name: init for init in graph.initializer}
+        for node in graph.node:
+            for name in [*node.input, *node.output]:
+                if name and name not in described and name in inits:
+                    init = inits[name]
+                    graph.value_info.append(helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
+                    described.add(name)
+        return type(model)(proto, fix_missing_initializer_valueinfo=False), False
+
+
+@functools.cache
+def _shape_inferring_class(cls):
+    """`cls` whose transform runs InferShapesWithoutWeights wherever qonnx's InferShapes is asked for."""
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    class ShapeInferring(cls):
+        def transform(self, transformation, *args, **kwargs):
+            if type(transformation) is InferShapes:
+                transformation = InferShapesWithoutWeights()
+            return super().transform(transformation, *args, **kwargs)
+
+    return ShapeInferring
+
+
+@functools.cache
+def _lean_class():
+    from qonnx.transformation.base import Transformation
+    from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
+    from qonnx.transformation.infer_datatypes import InferDataTypes
+    from qonnx.transformation.infer_shapes import InferShapes
+    from qonnx.transformation.remove import RemoveIdentityOps
+
+    class LeanComposed(Transformation):
+        """qonnx's ComposedTransformation, cleaning up only after a change (module doc)."""
+
+        def __init__(self, transformations):
+            super().__init__()
+            self.transformations = transformations
+
+        def apply(self, model):
+            modified, dirty = False, True  # the input's state is unknown: clean it once
+            cls = type(model)  # a fresh wrapper (InferShapes builds one) keeps the model's class
+            for transformation in self.transformations:
+                while True:
+                    out, changed = transformation.apply(model)
+                    model = out if type(out) is cls else cls(out.model, fix_missing_initializer_valueinfo=False)
+                    if not changed:
+                        break
+                    modified = dirty = True
+                if dirty:
+                    model.cleanup()
+                    for step in (RemoveIdentityOps(), GiveUniqueNodeNames(), GiveReadableTensorNames(),
+                                 InferShapes(), InferDataTypes()):
+                        model = model.transform(step)
+                        model = model if type(model) is cls else cls(model.model, fix_missing_initializer_valueinfo=False)
+                    dirty = False
+            return model, modified
+
+    return LeanComposed
