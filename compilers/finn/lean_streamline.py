@@ -18,6 +18,7 @@ checks that both give the same graph.
 from __future__ import annotations
 
 import functools
+import math
 
 
 def lean(transformation):
@@ -71,7 +72,7 @@ class InferShapesWithoutWeights:
         for field in ("node", "input", "output", "value_info", "sparse_initializer"):
             getattr(shell, field).extend(getattr(graph, field))
         for init in graph.initializer:
-            if init.data_type == onnx.TensorProto.FLOAT and init.ByteSize() > LARGE_INITIALIZER_BYTES:
+            if init.data_type == onnx.TensorProto.FLOAT and 4 * math.prod(init.dims) > LARGE_INITIALIZER_BYTES:
                 shell.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
             else:
                 shell.initializer.append(init)
