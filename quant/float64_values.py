@@ -224,13 +224,10 @@ def plain(model, values: bool = True):
     float64 values back in its doc_strings (values=False: none, the float32 graph alone)."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    if isinstance(model, _exact_class()):
-        if values:
-            model.table.give_back(model.model)
-        else:
-            strip(model.model)
-    elif not values:
+    if not values:
         strip(model.model)
+    elif isinstance(model, _exact_class()):
+        model.table.give_back(model.model)
     return ModelWrapper(model.model, fix_missing_initializer_valueinfo=False) if type(model) is not ModelWrapper else model
 
 

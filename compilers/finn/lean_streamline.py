@@ -43,13 +43,18 @@ def resnet_streamline(model):
     from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
 
     composed, cls = _lean_class(), type(model)
-    model = _shape_inferring_class(cls)(model.model, fix_missing_initializer_valueinfo=False)
+    model = _as(_shape_inferring_class(cls), model)
     model = model.transform(composed([MoveMulPastAdd(), AbsorbScalarBiasIntoMultiThreshold()]))
     model = model.transform(lean(StreamlinePlus()))
     model = model.transform(composed([LowerConvsToMatMul(), AbsorbAddIntoMultiThreshold(),
                                       AbsorbTransposeIntoMultiThreshold()]))
     model = model.transform(lean(StreamlinePlus()))
-    return cls(model.model, fix_missing_initializer_valueinfo=False)
+    return _as(cls, model)
+
+
+def _as(cls, model):
+    """`model` as a `cls` wrapper of the same graph (itself when it is one already)."""
+    return model if type(model) is cls else cls(model.model, fix_missing_initializer_valueinfo=False)
 
 
 # a float initializer this large is a weight or threshold tensor, never the shape data of a
@@ -133,7 +138,7 @@ def _lean_class():
             for transformation in self.transformations:
                 while True:
                     out, changed = transformation.apply(model)
-                    model = out if type(out) is cls else cls(out.model, fix_missing_initializer_valueinfo=False)
+                    model = _as(cls, out)
                     if not changed:
                         break
                     modified = dirty = True
@@ -141,8 +146,7 @@ def _lean_class():
                     model.cleanup()
                     for step in (RemoveIdentityOps(), GiveUniqueNodeNames(), GiveReadableTensorNames(),
                                  InferShapes(), InferDataTypes()):
-                        model = model.transform(step)
-                        model = model if type(model) is cls else cls(model.model, fix_missing_initializer_valueinfo=False)
+                        model = _as(cls, model.transform(step))
                     dirty = False
             return model, modified
 
