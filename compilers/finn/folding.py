@@ -232,10 +232,13 @@ def codegen_error(model, config: dict, part: Part, clock_mhz: float) -> str | No
     from finn.transformation.fpgadataflow.prepare_ip import PrepareIP
     from finn.transformation.fpgadataflow.specialize_layers import SpecializeLayers
 
+    from compilers.finn.hex_packing import fast_hex_packing
+
     folded = apply_folding(copy.deepcopy(model), config)
     try:
-        folded.transform(InsertDWC()).transform(SpecializeLayers(part.fpga_part)).transform(
-            PrepareIP(part.fpga_part, 1e3 / clock_mhz))
+        with fast_hex_packing():
+            folded.transform(InsertDWC()).transform(SpecializeLayers(part.fpga_part)).transform(
+                PrepareIP(part.fpga_part, 1e3 / clock_mhz))
     except Exception as e:  # FINN signals what it cannot generate by raising
         return (str(e).strip().splitlines() or [type(e).__name__])[0]
     return None

@@ -89,9 +89,11 @@ def vvau(inst, node, ctx, graph) -> bool:
         pe = inst.get_nodeattr("PE")
     # the SWG interleaves PE: untangle as FINN does
     x = x.reshape(n, dim_h, dim_w, channels // pe, k_h * k_w, pe).transpose(0, 1, 2, 4, 3, 5)
-    x = x.reshape(n, dim_h, dim_w, channels * k_h * k_w)
-    w = inst._infer_sparse_weight_tensor(ctx[node.input[1]], k_h, k_w, channels)
-    result = np.matmul(x, w)
+    result = _depthwise_exact(inst, x.reshape(n, dim_h, dim_w, k_h * k_w, channels), ctx[node.input[1]])
+    if result is None:
+        x = x.reshape(n, dim_h, dim_w, channels * k_h * k_w)
+        w = inst._infer_sparse_weight_tensor(ctx[node.input[1]], k_h, k_w, channels)
+        result = np.matmul(x, w)
     if inst.get_nodeattr("noActivation") == 0:
         bipolar = inst.get_nodeattr("outputDataType") == "BIPOLAR"
         out_scale, out_bias = (2, -1) if bipolar else (1, inst.get_nodeattr("ActVal"))
@@ -99,6 +101,31 @@ def vvau(inst, node, ctx, graph) -> bool:
         result = result.transpose((0, 2, 3, 1))
     ctx[node.output[0]] = result
     return True
+
+
+EXACT_FLOAT32 = 2**24  # integers below this are exact in float32, and so are all sums that stay below it
+
+
+def _depthwise_exact(inst, x, w_conv):
+    """VVAU's product without its sparse [k*k*C, C] matrix: per channel, the k*k window
+    values times that channel's k*k weights, summed. x: [N, H, W, k*k, C] (FINN's order).
+
+    FINN's float32 matmul against the sparse matrix adds the same k*k products and zeros.
+    With integer values and every partial sum below 2**24 both sums are exact, so they are
+    equal whatever the order; otherwise None (the caller takes FINN's matmul).
+    """
+    from qonnx.core.datatype import DataType
+
+    if not all(DataType[inst.get_nodeattr(a)].is_integer() for a in ("inputDataType", "weightDataType")):
+        return None
+    channels = w_conv.shape[0]
+    w = np.asarray(w_conv, dtype=np.float32).reshape(channels, -1).T  # [k*k, C]
+    x = x.astype(np.float32, copy=False)
+    if x.size == 0 or float(np.abs(x).max()) * float(np.abs(w).sum(axis=0).max()) >= EXACT_FLOAT32:
+        return None
+    if not (np.array_equal(x, np.round(x)) and np.array_equal(w, np.round(w))):
+        return None
+    return np.einsum("nhwkc,kc->nhwc", x, w)
 
 
 def duplicate_streams(inst, node, ctx, graph) -> bool:

@@ -438,7 +438,10 @@ def hw_codegen(model, cfg: FlowConfig):
     """HLS C++ / filled RTL templates per layer, in FINN's build dir (cfg.finn_tmp)."""
     from finn.builder.build_dataflow_steps import step_hw_codegen
 
-    model = step_hw_codegen(model, cfg.finn)
+    from compilers.finn.hex_packing import fast_hex_packing
+
+    with fast_hex_packing():  # the same files, packed with numpy
+        model = step_hw_codegen(model, cfg.finn)
     cfg.notes["generated_sources"] = generated_sources(model)
     return model
 
