@@ -117,3 +117,15 @@ def test_finns_function_is_back_after_the_block():
         assert data_packing.pack_innermost_dim_as_hex_string is fast
     assert data_packing.pack_innermost_dim_as_hex_string is before
     assert matrixvectoractivation.pack_innermost_dim_as_hex_string is before
+
+
+def test_packed_in_chunks_the_same(monkeypatch):
+    """Rows are packed a bounded number of bits at a time; the chunk seams change nothing."""
+    from finn.util.data_packing import pack_innermost_dim_as_hex_string as finn
+    from qonnx.core.datatype import DataType
+
+    import compilers.finn.hex_packing as hp
+
+    v = _values(DataType["INT4"], (7, 11, 8), np.random.default_rng(3))
+    monkeypatch.setattr(hp, "_BITS", 100)  # three 32-bit rows per chunk
+    assert np.array_equal(fast(v, DataType["INT4"], 32), finn(v, DataType["INT4"], 32))

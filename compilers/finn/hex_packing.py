@@ -28,7 +28,7 @@ import numpy as np
 NAME = "pack_innermost_dim_as_hex_string"
 _HEX = np.array(list("0123456789abcdef"))
 _MAX_BITS = 62  # per value: two's complement in int64
-_ROWS = 1 << 14  # rows packed at once: bounds the bit matrix's memory
+_BITS = 1 << 22  # bits packed at once (rows x pad): bounds the bit matrix's memory to ~32 MB
 
 
 def _finn_original():
@@ -77,8 +77,9 @@ def pack_innermost_dim_as_hex_string(ndarray, dtype, pad_to_nbits, reverse_inner
     out = np.empty(rows.shape[0], dtype=f"<U{digits}")
     shifts = np.arange(bw - 1, -1, -1, dtype=np.int64)
     weights = np.array([8, 4, 2, 1], dtype=np.uint8)
-    for start in range(0, rows.shape[0], _ROWS):
-        chunk = rows[start:start + _ROWS].astype(np.int64) & ((1 << bw) - 1)  # two's complement
+    step = max(1, _BITS // pad)
+    for start in range(0, rows.shape[0], step):
+        chunk = rows[start:start + step].astype(np.int64) & ((1 << bw) - 1)  # two's complement
         bits = ((chunk[:, :, None] >> shifts) & 1).astype(np.uint8).reshape(len(chunk), n * bw)
         bits = np.concatenate([np.zeros((len(chunk), pad - n * bw), np.uint8), bits], axis=1)
         nibbles = bits.reshape(len(chunk), digits, 4) @ weights
