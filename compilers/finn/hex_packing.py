@@ -31,11 +31,15 @@ _MAX_BITS = 62  # per value: two's complement in int64
 _BITS = 1 << 22  # bits packed at once (rows x pad): bounds the bit matrix's memory to ~32 MB
 
 
+_finn_function = None  # FINN's function, held while ours is in its place
+
+
 def _finn_original():
+    if _finn_function is not None:
+        return _finn_function
     from finn.util import data_packing
 
-    fn = getattr(data_packing, NAME)
-    return getattr(fn, "__wrapped__", fn)
+    return getattr(data_packing, NAME)
 
 
 def pack_innermost_dim_as_hex_string(ndarray, dtype, pad_to_nbits, reverse_inner=False, prefix="0x"):
@@ -87,9 +91,6 @@ def pack_innermost_dim_as_hex_string(ndarray, dtype, pad_to_nbits, reverse_inner
     return np.char.add(prefix, out).astype(f"<U{len(prefix) + digits}").reshape(arr.shape[:-1])
 
 
-pack_innermost_dim_as_hex_string.__wrapped__ = None  # set to FINN's function while in place
-
-
 @contextlib.contextmanager
 def fast_hex_packing() -> Iterator[None]:
     """FINN packs hex strings with `pack_innermost_dim_as_hex_string` from here within the block."""
@@ -97,13 +98,14 @@ def fast_hex_packing() -> Iterator[None]:
     import finn.custom_op.fpgadataflow.rtl  # noqa: F401
     from finn.util import data_packing
 
+    global _finn_function
     original = getattr(data_packing, NAME)
     if original is pack_innermost_dim_as_hex_string:  # nested
         yield
         return
     swapped = [m for name, m in list(sys.modules.items())
                if name.startswith("finn") and getattr(m, NAME, None) is original]
-    pack_innermost_dim_as_hex_string.__wrapped__ = original
+    _finn_function = original
     try:
         for module in swapped:
             setattr(module, NAME, pack_innermost_dim_as_hex_string)
@@ -111,4 +113,4 @@ def fast_hex_packing() -> Iterator[None]:
     finally:
         for module in swapped:
             setattr(module, NAME, original)
-        pack_innermost_dim_as_hex_string.__wrapped__ = None
+        _finn_function = None
