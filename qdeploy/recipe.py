@@ -144,6 +144,10 @@ class FpgaConfig(_Section):
     part: str = Field("zcu104", min_length=1, max_length=64)
     clock_mhz: Optional[float] = Field(None, gt=0, le=1000)  # None: the board's default clock
     target_fps: float = Field(40000, gt=0, le=1e9)
+    # a target that does not fit the part's budget (found at folding, after training): build the
+    # fastest design that fits and say so (best_fit, as FINN's SetFolding), or stop (refuse).
+    # A target beyond what the pipeline can stream at all is refused before training either way.
+    if_infeasible: Literal["best_fit", "refuse"] = "best_fit"
     budget: float = Field(0.7, gt=0, le=1)  # fraction of LUT/BRAM/URAM/DSP the design may use
     # activations as Thresholding layers of their own (lets MVAUs be FINN's DSP-packing RTL MVU)
     # or inside the MVAUs; auto: standalone on UltraScale+/Versal, embedded on Zynq-7000

@@ -338,7 +338,8 @@ def _fpga(report: dict, plot_paths: dict) -> list[Block]:
     meets = "" if est is None or not target else (" (meets the target)" if est >= target else " (below the target)")
     out.append(Block("ul", items=[
         f"Part: {f.get('part', '?')}, clock {_num(f.get('clock_mhz'), 1)} MHz",
-        f"Throughput: {_int(est)} fps, estimate from the slowest layer's cycles; target {_int(target)} fps{meets}",
+        f"Throughput: {_int(est)} fps, estimate from the slowest layer's cycles; target {_int(target)} fps{meets}"
+        + (f"; the fastest design that fits was built: {f['shortfall']}" if f.get("shortfall") else ""),
     ]))
     cap, used, budget = f.get("capacity") or {}, f.get("resources") or {}, f.get("budget")
     rows = []

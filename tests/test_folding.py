@@ -10,7 +10,7 @@ from torch import nn
 
 from core.errors import UserError
 from compilers.finn import fold_space as fs
-from compilers.finn.folding import FoldingInfeasible, apply_folding, finn_setfolding, fold, pareto
+from compilers.finn.folding import FoldingInfeasible, apply_folding, finn_setfolding, fold, fold_best_fit, pareto
 from targets.fpga_parts import get_part
 
 PART, CLOCK = get_part("zcu104"), 200.0
@@ -270,6 +270,25 @@ def test_target_over_budget_reports_resource_and_a_best_fit_that_folds(cnn):
     assert result.resources["LUT"] <= 0.2 * 53_200
     with pytest.raises(FoldingInfeasible):  # the best fit is the boundary, not a guess
         fold(copy.deepcopy(cnn), get_part("pynq-z1"), 100.0, int(best * 1.02), budget=0.2)
+
+
+def test_best_fit_builds_the_fastest_design_that_fits_and_says_why_the_target_was_not(cnn):
+    part = get_part("pynq-z1")
+    with pytest.raises(FoldingInfeasible) as e:
+        fold(copy.deepcopy(cnn), part, 100.0, 20000, budget=0.2)
+    model = copy.deepcopy(cnn)
+    result = fold_best_fit(model, part, 100.0, 20000, budget=0.2)
+    assert result.shortfall == str(e.value) and result.target_fps == 20000
+    assert result.est_fps >= e.value.best_fps and result.est_fps < 20000 and result.fits
+    report = result.to_report()
+    assert report["shortfall"] == str(e.value) and report["target_fps"] == 20000
+    assert result.config == fold(copy.deepcopy(cnn), part, 100.0, e.value.best_fps, budget=0.2).config
+    # a target that fits is folded as by fold, with no shortfall
+    fits = fold_best_fit(copy.deepcopy(cnn), part, 100.0, 2000, budget=0.2)
+    assert fits.shortfall is None and "shortfall" not in fits.to_report()
+    assert fits.config == fold(copy.deepcopy(cnn), part, 100.0, 2000, budget=0.2).config
+    with pytest.raises(FoldingInfeasible):  # nothing fits: refused, not a design
+        fold_best_fit(copy.deepcopy(cnn), part, 100.0, 10, budget=0.01)
 
 
 def test_model_too_big_for_any_folding(cnn):

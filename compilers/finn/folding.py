@@ -79,6 +79,8 @@ class FoldingResult:
     # Data-parallel instances of this dataflow (fold(replicas=)): everything above is one
     # instance's (its target_fps and budget are the whole design's divided by replicas).
     replicas: int = 1
+    # fold_best_fit: target_fps did not fit, this is the fastest design that does (why not: here)
+    shortfall: str | None = None
 
     @property
     def achieved(self) -> float:
@@ -110,6 +112,8 @@ class FoldingResult:
                "capacity": dict(self.capacity), "budget": k * self.budget, "replicas": k,
                "objective": OBJECTIVE, "binding": dict(zip(("resource", "share"), self.binding)),
                "per_layer": [layer.to_report() for layer in self.per_layer]}
+        if self.shortfall:
+            out["shortfall"] = self.shortfall
         if k > 1:
             out["instance"] = {"est_fps": self.est_fps, "target_fps": self.target_fps,
                                "resources": dict(self.resources), "budget": self.budget}
@@ -161,6 +165,21 @@ def fold(model, part: Part, clock_mhz: float | None, target_fps: float, budget: 
         raise RuntimeError(f"folding bookkeeping disagrees with FINN's estimates of the folded model: "
                            f"{predicted} predicted, {result.max_cycles} cycles and {result.resources} found")
     return result
+
+
+def fold_best_fit(model, part: Part, clock_mhz: float | None, target_fps: float, budget: float = 0.7,
+                  replicas: int | str = 1) -> FoldingResult:
+    """`fold`, and where the target does not fit the part (resources), the fastest single
+    pipeline that does, as FINN's SetFolding settles for the parallelism the layers allow: the
+    result keeps the requested target_fps and says why it was not met (`shortfall`). A model
+    that does not fit even fully folded, and data-parallel instances, are refused as by `fold`."""
+    try:
+        return fold(model, part, clock_mhz, target_fps, budget, replicas)
+    except FoldingInfeasible as e:
+        if e.best_fps is None or replicas != 1:
+            raise
+        result = fold(model, part, clock_mhz, e.best_fps, budget)
+        return dataclasses.replace(result, target_fps=float(target_fps), shortfall=str(e))
 
 
 MAX_REPLICAS = 16
