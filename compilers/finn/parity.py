@@ -217,19 +217,21 @@ def _worker_measure(stage: Stage) -> tuple:
 
 def _in_workers(workers: int, stages: list, pixels, reference, batch: int, executor_samples: int) -> list[tuple]:
     """_measure_stage of each stage in `workers` fresh processes (spawned: no state forked
-    from a parent that holds torch's thread pools), in order. Any exception in the parent
-    (a signal, Ctrl-C) terminates the workers at once."""
+    from a parent that holds torch's thread pools), in order. A worker that dies raises
+    BrokenProcessPool here (no hang); any exception in the parent (a signal, Ctrl-C)
+    terminates the workers at once."""
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init,
-                                                     initargs=(pixels, reference, batch, executor_samples))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                               initargs=(pixels, reference, batch, executor_samples))
     try:
-        out = pool.map(_worker_measure, stages, chunksize=1)
-        pool.close()
-        return out
+        return list(pool.map(_worker_measure, stages))
     finally:
-        pool.terminate()
-        pool.join()
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            if process.is_alive():
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # Node attributes that record where generated code lives or what an estimate said: they
