@@ -45,8 +45,8 @@ def input_shape(model, path: Path) -> tuple[int, int, int]:
 
 def build_own_model(ctx: Context, target: str, model_path: Path, samples: str | None, resize: bool = False) -> None:
     from compilers.finn.flow import load_qonnx, lower
-    from compilers.finn.folding import fold
     from qdeploy.samples import read_samples
+    from qdeploy.stages.fpga import folding_plugin, warn_shortfall
     from targets.fpga_parts import get_part
 
     if target != "fpga":
@@ -65,10 +65,11 @@ def build_own_model(ctx: Context, target: str, model_path: Path, samples: str | 
     pixels = read_samples(Path(samples), shape, resize=resize)
     out = ctx.build_dir / "fpga-byom" / model_path.name.split(".")[0]
     result = lower(model_path, out, part, r.clock_mhz, r.target_fps, r.budget, samples_uint8=pixels,
-                   reference_logits=None, folding=fold, thresholds=r.thresholds, replicas=r.replicas,
+                   reference_logits=None, folding=folding_plugin(r), thresholds=r.thresholds, replicas=r.replicas,
                    log=lambda msg: console.print(f"  {msg}"))
     write_json(out / "byom_summary.json", result.to_dict())
     worst = [p for p in result.parity if not p.exact]
+    warn_shortfall(result.notes["folding"].get("plan") or {})
     sf = result.notes["folding"]["comparison"]["setfolding"]
     console.print(f"  FINN's own folding (SetFolding) at that target: {sf['est_fps']:,.0f} fps, {sf['LUT']:,.0f} LUT, "
                   f"{sf['BRAM_18K']:,.0f} BRAM_18K (estimates)")

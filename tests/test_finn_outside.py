@@ -335,3 +335,23 @@ def test_our_folding_beats_setfolding_at_three_targets_full_size(tmp_path, name)
     cls, kw, _, _ = FULL[name]
     rows = _ours_and_setfolding_at_three_targets(tmp_path, cls, kw)
     assert len(rows) == 3
+
+
+def test_a_target_beyond_the_budget_builds_the_best_fit_with_a_warning_or_is_refused(tmp_path, capsys):
+    """fpga.if_infeasible: best_fit (default) builds the fastest design within the budget and
+    says why the target was not met; refuse stops in one line naming the resource."""
+    cls, kw, dynamo = MATRIX["mlp-w1a1"]
+    path, _ = _exported(tmp_path, cls, dynamo, **kw)
+    samples = _samples_dir(tmp_path, M.images(32, kw["channels"], kw["size"], seed=11))
+    tight = ("--set", "fpga.part=pynq-z1", "--set", "fpga.budget=0.05", "--set", "fpga.target_fps=200000")
+    code, err = _cli_build(tmp_path, capsys, path, samples, *tight)
+    out = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    summary = json.loads((tmp_path / "build" / "default" / "fpga-byom" / cls.__name__ / "byom_summary.json").read_text())
+    plan = summary["notes"]["folding"]["plan"]
+    assert summary["bit_exact"] and plan["target_fps"] == 200000 and plan["est_fps"] < 200000
+    assert "does not fit pynq-z1 within 5% of" in plan["shortfall"] and "best fit:" in plan["shortfall"]
+    assert "fpga.target_fps not met" in out.out + out.err + err
+    code, err = _cli_build(tmp_path, capsys, path, samples, *tight, "--set", "fpga.if_infeasible=refuse",
+                           "--build-dir", str(tmp_path / "refused"))
+    assert_user_error(code, err, ("does not fit pynq-z1 within 5% of", "best fit:"))

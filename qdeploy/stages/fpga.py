@@ -51,6 +51,13 @@ def check_fps_feasible(ctx: Context):
                         f"(bottleneck {feas.analytic_bottleneck}, every layer fully parallel){more}")
 
 
+def folding_plugin(fpga):
+    """Our folding as the recipe's fpga.if_infeasible asks: the best fit, or a refusal."""
+    from compilers.finn.folding import fold, fold_best_fit
+
+    return fold if fpga.if_infeasible == "refuse" else fold_best_fit
+
+
 def parity_pixels(ctx: Context):
     return test_pixels(ctx, limit=ctx.recipe.fpga.parity_images)
 
@@ -59,7 +66,6 @@ def step_lower(ctx: Context):
     """FINN flow with our folding; the flow runs FINN's SetFolding on the unfolded model for comparison."""
     from compilers.finn.flow import lower
     from quant.train import forward_outputs
-    from compilers.finn.folding import fold, fold_best_fit
     from targets.fpga_parts import get_part
 
     r = ctx.recipe.fpga
@@ -71,7 +77,7 @@ def step_lower(ctx: Context):
     reference = outputs if len(outputs) > 1 else outputs[0]  # a two-output model: decision and defect map
     result = lower(ctx.layout.qonnx, ctx.stage_dir(STAGE), part, r.clock_mhz,
                    r.target_fps, r.budget, samples_uint8=pixels, reference_logits=reference,
-                   folding=fold if r.if_infeasible == "refuse" else fold_best_fit,
+                   folding=folding_plugin(r),
                    thresholds=r.thresholds, replicas=r.replicas,
                    log=lambda msg: console.print(f"  {msg}"))
     folding = result.notes["folding"]  # the flow's notes: also there when the flow resumed past its folding step
@@ -93,11 +99,16 @@ def step_lower(ctx: Context):
     _print_summary(summary)
 
 
+def warn_shortfall(plan: dict) -> None:
+    """The warning of a build whose fps target did not fit (fold_best_fit's `shortfall`)."""
+    if plan.get("shortfall"):
+        console.print(f"[yellow]warning:[/yellow] fpga.target_fps not met: {plan['shortfall']}; built that best fit "
+                      "(fpga.if_infeasible: refuse stops instead)")
+
+
 def _print_summary(s: dict) -> None:
     cap, res = s["capacity"], s["resources"]
-    if s.get("shortfall"):
-        console.print(f"[yellow]warning:[/yellow] fpga.target_fps not met: {s['shortfall']}; built that best fit "
-                      "(fpga.if_infeasible: refuse stops instead)")
+    warn_shortfall(s)
     use = ", ".join(f"{k} {res.get(k, 0):,.0f}/{cap.get(k, 0):,} ({res.get(k, 0) / cap[k]:.0%})" for k in cap if cap.get(k))
     console.print(f"FPGA {s['part']} @ {s['clock_mhz']:g} MHz: estimated {s['est_fps']:,.0f} fps "
                   f"(target {s['target_fps']:,.0f}; FINN's own folding at that target: {s['setfolding']['est_fps']:,.0f} fps, "
