@@ -30,7 +30,7 @@ def _calibrate(model, batches=4, size=(64, 64), seed=0):
 
 
 def test_registry_lists_names_and_info():
-    assert list_models() == ["effnet_b0", "effnet_lite", "resnet18", "resnet8", "segdec"]
+    assert list_models() == ["effnet_b0", "effnet_lite", "resnet18", "resnet8", "segdec", "segdec_lite"]
     assert list_models("resnet*") == ["resnet18", "resnet8"]
     assert list_models("vgg*") == []
     info = model_info("effnet_b0")
@@ -40,7 +40,7 @@ def test_registry_lists_names_and_info():
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(UserError, match="effnet_b0, effnet_lite, resnet18, resnet8, segdec"):
+    with pytest.raises(UserError, match="effnet_b0, effnet_lite, resnet18, resnet8, segdec, segdec_lite"):
         create_model("resnet9", 2)
     with pytest.raises(UserError, match="unknown model 'vgg'"):
         model_info("vgg")
@@ -130,7 +130,7 @@ def test_effnet_b0_quantized_points_to_npu_gpu_and_fpga_models():
     with pytest.raises(UserError) as err:
         create_model("effnet_b0", 2)
     assert str(err.value) == ("effnet_b0 uses SiLU and squeeze-excite, which FINN cannot lower; use it for "
-                              "targets npu/gpu (INT8 via NNCF) or choose effnet_lite|resnet18|resnet8|segdec for fpga")
+                              "targets npu/gpu (INT8 via NNCF) or choose effnet_lite|resnet18|resnet8|segdec|segdec_lite for fpga")
     model = create_model("effnet_b0", 2, quantized=False)
     kinds = {type(m).__name__ for m in model.modules()}
     assert {"SiLU", "SqueezeExcite", "Sigmoid"} <= kinds and "ReLU" not in kinds

@@ -75,3 +75,23 @@ def test_predict_writes_the_fpga_map_as_rle(built, tmp_path):
     expected = upsample(maps, (32, 96))[:, 0] > 0
     for p, want in zip(images, expected):
         assert np.array_equal(rle_decode(rows[p.name]["mask_rle"], (32, 96)), want), p.name
+
+
+def test_the_efficientnet_lite_encoder_lowers_both_outputs_bit_exact(tmp_path):
+    """segdec_lite (inverted residuals, depthwise convs, ReLU6) trains with the masks and
+    builds for the FPGA with both outputs bit-exact at every stage, depthwise layers in hardware."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    lite = [a.replace("model.name=segdec", "model.name=segdec_lite") for a in SEG]
+    assert main(["build", "--target", "fpga", "--build-dir", str(tmp_path), *lite]) == 0
+    root = tmp_path / "segstrip"
+    summary = json.loads((root / "fpga" / "fpga_summary.json").read_text())
+    assert summary["bit_exact"] and len(summary["stages"]) == 14
+    assert all(len(s["outputs"]) == 2 and all(o["exact"] for o in s["outputs"]) for s in summary["stages"])
+    final = root / "fpga" / "intermediate_models" / "hw_codegen.onnx"
+    parent = ModelWrapper(str(root / "fpga" / "intermediate_models" / "dataflow_parent.onnx"))
+    assert [n.op_type for n in parent.graph.node].count("StreamingDataflowPartition") == 1
+    kinds = {n.op_type for n in ModelWrapper(str(final)).graph.node}
+    assert kinds & {"VVAU_hls", "VVAU_rtl"} and "ElementwiseAdd_hls" in kinds
+    m = json.loads((root / "train" / "metrics.json").read_text())
+    assert m["qat"]["pixel"]["test"]["n_masks"] == m["qat"]["test"]["n"]

@@ -48,6 +48,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from quant.models.effnet_lite import InvertedResidual
 from quant.models.layers import Bits, Layers, conv_out, make_divisible
 from quant.models.registry import register_model
 from quant.models.resnet import BasicBlock
@@ -81,17 +82,29 @@ def _value(x):
 class SegDec(nn.Module):
     def __init__(self, L: SegLayers, num_classes: int, in_size: tuple[int, int], stem: int,
                  stages: Sequence[tuple[int, int, int]], dec_channels: Sequence[int] = (),
-                 map_bits: int = 8, head_bits: int = 8, avg: str = "mean", seg_bias: float = -3.0):
-        """stages: (channels, blocks, first-block stride) per stage."""
+                 map_bits: int = 8, head_bits: int = 8, avg: str = "mean", seg_bias: float = -3.0,
+                 encoder: str = "resnet", expand: int = 4, features: int = 0):
+        """stages: (channels, blocks, first-block stride) per stage. encoder "resnet": BasicBlocks
+        with ReLU; "lite": EfficientNet-Lite inverted residuals (ReLU6, `expand`, the first
+        stage without expansion, linear bottlenecks) and a 1x1 conv + BN + ReLU6 to `features`
+        channels, so that the map and decision heads read unsigned features as in "resnet"."""
         super().__init__()
+        if encoder not in ("resnet", "lite"):
+            raise ValueError(f"encoder must be resnet or lite, got {encoder!r}")
+        act = L.relu6 if encoder == "lite" else L.relu
         self.input_quant = L.input_quant()
-        self.stem = nn.Sequential(L.conv(1, stem, 3, 2, edge=True), nn.BatchNorm2d(stem), L.relu())
+        self.stem = nn.Sequential(L.conv(1, stem, 3, 2, edge=True), nn.BatchNorm2d(stem), act())
         size, stride, cin, blocks = conv_out(in_size, 2), 2, stem, []
-        for cout, n, s in stages:
+        for k, (cout, n, s) in enumerate(stages):
             for i in range(n):
-                blocks.append(BasicBlock(L, cin, cout, s if i == 0 else 1))
-                size, cin = conv_out(size, s if i == 0 else 1), cout
+                st = s if i == 0 else 1
+                blocks.append(BasicBlock(L, cin, cout, st) if encoder == "resnet" else
+                              InvertedResidual(L, cin, cout, 1 if k == 0 else expand, st))
+                size, cin = conv_out(size, st), cout
             stride *= s
+        if encoder == "lite":
+            blocks.append(nn.Sequential(L.conv(cin, features, 1), nn.BatchNorm2d(features), L.relu6()))
+            cin = features
         self.layers = nn.Sequential(*blocks)
         self.map_size, self.stride = size, stride
         # segmentation head
@@ -171,3 +184,18 @@ def create_segdec(num_classes: int = 2, in_size: tuple[int, int] = (256, 384), w
 def segdec(num_classes: int, in_size: tuple[int, int], width: float, bits: Optional[Bits]) -> SegDec:
     """SegDec: ResNet encoder to 1/8, a defect-map head and a decision head on features and map (two outputs)."""
     return create_segdec(num_classes, in_size, width, bits, context=1, avg="trunc")
+
+
+def create_segdec_lite(num_classes: int = 2, in_size: tuple[int, int] = (256, 384), width: float = 1.0,
+                       bits: Optional[Bits] = Bits(4, 4, 8)) -> SegDec:
+    """SegDec with an EfficientNet-Lite encoder, total stride 8: stem 16 (ReLU6), inverted
+    residuals 16 (s1, no expansion), 2x 24 (s2), 2x 40 (s2) at expansion 4, 1x1 conv to 64."""
+    c = lambda n: make_divisible(n * width)  # noqa: E731
+    return SegDec(SegLayers(bits), num_classes, tuple(in_size), c(16), [(c(16), 1, 1), (c(24), 2, 2), (c(40), 2, 2)],
+                  avg="trunc", encoder="lite", expand=4, features=c(64))
+
+
+@register_model(family="efficientnet", fpga_lowerable=True, segmentation=True)
+def segdec_lite(num_classes: int, in_size: tuple[int, int], width: float, bits: Optional[Bits]) -> SegDec:
+    """SegDec with an EfficientNet-Lite encoder (inverted residuals, depthwise, ReLU6) to 1/8, the same two heads."""
+    return create_segdec_lite(num_classes, in_size, width, bits)
