@@ -84,3 +84,32 @@ def test_shape_inference_without_weights_gives_qonnx_shapes(which, tmp_path, mon
         ours = ModelWrapper(proto).transform(lean_streamline.InferShapesWithoutWeights())
         assert len(ours.graph.value_info) > len(model.graph.value_info)
         assert ours.model.SerializeToString() == theirs.model.SerializeToString()
+
+
+@pytest.mark.parametrize("which", ["ResidualNet", "MobileNetV1"])
+def test_indexed_sort_gives_qonnx_sort_order(which, tmp_path):
+    """SortGraphIndexed orders the nodes exactly as qonnx's SortGraph, from shuffled node lists
+    too, and drops the same floating nodes."""
+    import copy
+    import random
+
+    from onnx import helper
+    from qonnx.transformation.general import SortGraph
+
+    from compilers.finn.lean_streamline import SortGraphIndexed
+
+    model, _ = _tidied(_model(which, tmp_path), tmp_path / "finn")
+    rng = random.Random(0)
+    for trial in range(4):
+        shuffled = copy.deepcopy(model)
+        nodes = list(shuffled.graph.node)
+        rng.shuffle(nodes)
+        if trial == 3:  # a node nothing feeds: both drop it
+            nodes.append(helper.make_node("Relu", ["nowhere"], ["floating"], name="Floating"))
+        del shuffled.graph.node[:]
+        shuffled.graph.node.extend(nodes)
+        theirs, ours = copy.deepcopy(shuffled), copy.deepcopy(shuffled)
+        SortGraph().apply(theirs)
+        SortGraphIndexed().apply(ours)
+        assert ours.graph.SerializeToString() == theirs.graph.SerializeToString()
+        assert [n.name for n in ours.graph.node] != [n.name for n in nodes] or trial == 0
