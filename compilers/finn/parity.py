@@ -217,21 +217,19 @@ def _worker_measure(stage: Stage) -> tuple:
 
 def _in_workers(workers: int, stages: list, pixels, reference, batch: int, executor_samples: int) -> list[tuple]:
     """_measure_stage of each stage in `workers` fresh processes (spawned: no state forked
-    from a parent that holds torch's thread pools), in order. A worker that dies raises
-    BrokenProcessPool here (no hang); any exception in the parent (a signal, Ctrl-C)
-    terminates the workers at once."""
+    from a parent that holds torch's thread pools), in order. Any exception in the parent
+    (a signal, Ctrl-C) terminates the workers at once."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                               initargs=(pixels, reference, batch, executor_samples))
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init,
+                                                     initargs=(pixels, reference, batch, executor_samples))
     try:
-        return list(pool.map(_worker_measure, stages))
+        out = pool.map(_worker_measure, stages, chunksize=1)
+        pool.close()
+        return out
     finally:
-        for process in list((getattr(pool, "_processes", None) or {}).values()):
-            if process.is_alive():
-                process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.terminate()
+        pool.join()
 
 
 # Node attributes that record where generated code lives or what an estimate said: they
