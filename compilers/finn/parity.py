@@ -134,102 +134,41 @@ def check_stages(stages: Sequence[Stage], pixels: np.ndarray, reference: np.ndar
 
     Each stage's batched execution is first compared with FINN's execute_onnx on
     `executor_samples` samples; if they disagree the stage runs FINN's per-sample code.
-    Stages are independent executions: when the first one shows that the rest would take
-    longer than PARALLEL_AFTER_SECONDS, the rest run in worker processes, one per core
-    (FINN's python execution is single-threaded).
     """
-    t0 = time.perf_counter()
-    digests = [semantic_digest(stage) for stage in stages]
-    digest_seconds = (time.perf_counter() - t0) / max(1, len(stages))
-    first_of: dict[str, int] = {}
-    for i, d in enumerate(digests):
-        first_of.setdefault(d, i)
-    unique = sorted(set(first_of.values()))
-    measured: dict[int, tuple] = {}
-    if unique:
-        measured[unique[0]] = _measure_stage(stages[unique[0]], pixels, reference, batch, executor_samples)
-        rest = unique[1:]
-        workers = min(len(rest), _cores())
-        if workers > 1 and measured[unique[0]][0].seconds * len(rest) > PARALLEL_AFTER_SECONDS:
-            measured.update(zip(rest, _in_workers(workers, [stages[i] for i in rest], pixels, reference, batch,
-                                                  executor_samples)))
-        else:
-            measured.update((i, _measure_stage(stages[i], pixels, reference, batch, executor_samples)) for i in rest)
-
     results: list[StageParity] = []
     last_good: Optional[Stage] = None
-    for i, stage in enumerate(stages):
-        if first_of[digests[i]] != i:  # the same python-mode graph as an earlier stage: its result
-            earlier = results[first_of[digests[i]]]
+    seen: dict[str, StageParity] = {}
+    for stage in stages:
+        t0 = time.perf_counter()
+        digest = semantic_digest(stage)
+        if digest in seen:
+            earlier = seen[digest]
             results.append(dataclasses.replace(earlier, stage=stage.name, same_as=earlier.same_as or earlier.stage,
-                                               seconds=round(digest_seconds, 3)))
-        else:
-            res, worst_sample, output = measured[i]
-            if not res.exact and localize:
-                res.first_divergence = first_divergence(stage, last_good, pixels[worst_sample : worst_sample + 1],
-                                                        output=output)
-                res.first_divergence["sample"] = worst_sample
-            results.append(res)
-        if results[-1].exact:
+                                               seconds=round(time.perf_counter() - t0, 3)))
+            if earlier.exact:
+                last_good = stage
+            continue
+        xcheck, mode = None, "batched"
+        if executor_samples:
+            xcheck = check_executor(stage, pixels[:executor_samples])
+            if xcheck > BIT_EXACT_REL:
+                mode = "per-sample"
+        outs = run_outputs(stage, pixels, batch=batch, reference_mode=mode == "per-sample")
+        m, per = compare_outputs(outs, reference)
+        res = StageParity(stage.name, len(pixels), m["argmax_agreement"], m["max_abs_diff"], m["max_abs_diff_rel"],
+                          m["exact"], 0.0, None, xcheck, mode)
+        if len(per) > 1:
+            res.outputs = [{k: v for k, v in p.items() if k != "worst_sample"} for p in per]
+        if not m["exact"] and localize:
+            res.first_divergence = first_divergence(stage, last_good, pixels[m["worst_sample"] : m["worst_sample"] + 1],
+                                                    output=m["output"])
+            res.first_divergence["sample"] = m["worst_sample"]
+        res.seconds = round(time.perf_counter() - t0, 3)
+        results.append(res)
+        seen[digest] = res
+        if m["exact"]:
             last_good = stage
     return results
-
-
-# a stage set whose remaining stages would take longer than this runs them in worker processes
-PARALLEL_AFTER_SECONDS = 20.0
-
-
-def _measure_stage(stage: Stage, pixels, reference, batch: int, executor_samples: int) -> tuple:
-    """(StageParity without localisation, the worst sample, the worst output) of one stage."""
-    t0 = time.perf_counter()
-    xcheck, mode = None, "batched"
-    if executor_samples:
-        xcheck = check_executor(stage, pixels[:executor_samples])
-        if xcheck > BIT_EXACT_REL:
-            mode = "per-sample"
-    outs = run_outputs(stage, pixels, batch=batch, reference_mode=mode == "per-sample")
-    m, per = compare_outputs(outs, reference)
-    res = StageParity(stage.name, len(pixels), m["argmax_agreement"], m["max_abs_diff"], m["max_abs_diff_rel"],
-                      m["exact"], round(time.perf_counter() - t0, 3), None, xcheck, mode)
-    if len(per) > 1:
-        res.outputs = [{k: v for k, v in p.items() if k != "worst_sample"} for p in per]
-    return res, m["worst_sample"], m["output"]
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-_WORKER_ARGS: tuple = ()
-
-
-def _worker_init(*args) -> None:
-    global _WORKER_ARGS
-    _WORKER_ARGS = args
-
-
-def _worker_measure(stage: Stage) -> tuple:
-    pixels, reference, batch, executor_samples = _WORKER_ARGS
-    return _measure_stage(stage, pixels, reference, batch, executor_samples)
-
-
-def _in_workers(workers: int, stages: list, pixels, reference, batch: int, executor_samples: int) -> list[tuple]:
-    """_measure_stage of each stage in `workers` fresh processes (spawned: no state forked
-    from a parent that holds torch's thread pools), in order. Any exception in the parent
-    (a signal, Ctrl-C) terminates the workers at once."""
-    import multiprocessing
-
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_worker_init,
-                                                     initargs=(pixels, reference, batch, executor_samples))
-    try:
-        out = pool.map(_worker_measure, stages, chunksize=1)
-        pool.close()
-        return out
-    finally:
-        pool.terminate()
-        pool.join()
 
 
 # Node attributes that record where generated code lives or what an estimate said: they
