@@ -6,6 +6,7 @@ Vivado, and a perturbed threshold caught at the right node.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -153,8 +154,9 @@ def test_with_vivado_the_continuation_runs_finn_build(build, tmp_path):
         run_continuation(cont, {}, runner=lambda cmd, **kw: Failed())
 
 
-def test_perturbed_threshold_is_caught_at_its_node(build, tmp_path):
-    """Raise one threshold of one layer in a stage model: parity fails and names that layer."""
+def _perturbed(build, tmp_path):
+    """The folding stage, and minimize_bit_width's model with one threshold of one layer raised
+    (the channel most often above its lowest threshold: its output drops by one there)."""
     result, pixels, reference, _ = build
     inter = result.out_dir / "intermediate_models"
     parent = inter / "dataflow_parent.onnx"
@@ -168,7 +170,6 @@ def test_perturbed_threshold_is_caught_at_its_node(build, tmp_path):
                        or (n.op_type.startswith("MVAU") and len(n.input) == 3)]
     node, thr = with_thresholds[2]
     thresholds = model.get_initializer(thr).copy()
-    # the channel most often above its lowest threshold on the samples: its output drops by one there
     ctx, *_ = full_context(good, pixels[:8])
     out = np.asarray(ctx[node.output[0]]).reshape(-1, thresholds.shape[0])
     channel = int((out > 0).sum(axis=0).argmax())
@@ -176,14 +177,61 @@ def test_perturbed_threshold_is_caught_at_its_node(build, tmp_path):
     model.set_initializer(thr, thresholds)
     bad_path = tmp_path / "perturbed.onnx"
     model.save(str(bad_path))
+    return good, Stage("perturbed", bad_path, parent), node
 
-    res = check_stages([good, Stage("perturbed", bad_path, parent)], pixels, reference)
+
+def test_perturbed_threshold_is_caught_at_its_node(build, tmp_path):
+    """Raise one threshold of one layer in a stage model: parity fails and names that layer."""
+    _, pixels, reference, _ = build
+    good, perturbed, node = _perturbed(build, tmp_path)
+    res = check_stages([good, perturbed], pixels, reference)
     assert res[0].exact
     bad = res[1]
     assert not bad.exact
     div = bad.first_divergence
     assert div["node"] == node.name and div["tensor"] == node.output[0] and div["compared_with"] == "folding"
     assert div["max_abs_diff"] == 1.0  # one quantization level
+
+
+def _without_seconds(results):
+    return [dataclasses.replace(r, seconds=0.0) for r in results]
+
+
+def test_the_background_checker_gives_the_in_process_results(build, tmp_path):
+    """StageChecker's worker process (what lower() uses) against check_stages in this process, on
+    a good stage, a perturbed one (localized here) and a copy of it (reused: same_as)."""
+    from compilers.finn.parity import StageChecker
+
+    _, pixels, reference, _ = build
+    good, perturbed, _ = _perturbed(build, tmp_path)
+    stages = [good, perturbed, dataclasses.replace(perturbed, name="perturbed_again")]
+    here = check_stages(stages, pixels, reference)
+    with StageChecker(pixels, reference) as checker:
+        for stage in stages:
+            checker.add(stage)
+        there = checker.results()
+    assert _without_seconds(there) == _without_seconds(here)
+    assert [r.exact for r in there] == [True, False, False] and there[2].same_as == "perturbed"
+    assert there[2].first_divergence == there[1].first_divergence is not None
+
+
+def test_a_dead_checker_worker_costs_time_not_results(build, tmp_path):
+    """The worker killed (as by the OOM killer) with stages queued: they run in this process."""
+    import os
+    import signal
+
+    from compilers.finn.parity import StageChecker
+
+    _, pixels, reference, _ = build
+    good, perturbed, _ = _perturbed(build, tmp_path)
+    with StageChecker(pixels, reference) as checker:
+        checker.add(good)
+        (process,) = checker._pool._processes.values()
+        os.kill(process.pid, signal.SIGKILL)
+        process.join()
+        checker.add(perturbed)
+        there = checker.results()
+    assert _without_seconds(there) == _without_seconds(check_stages([good, perturbed], pixels, reference))
 
 
 def test_an_interrupted_flow_resumes_after_its_last_finished_step(build, flow_input, tmp_path):

@@ -20,6 +20,7 @@ Output directory:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -86,7 +87,7 @@ class FinnResult:
 
 
 def run_steps(model, cfg: S.FlowConfig, steps: Sequence[Step] = STEPS, log: Callable[[str], None] = print,
-              key: str = "", state: dict | None = None):
+              key: str = "", state: dict | None = None, on_saved: Callable[[str], None] | None = None):
     """Run `steps` in order; save each stage's model, the step times and the flow state. Returns
     the last model and the step times.
 
@@ -94,6 +95,8 @@ def run_steps(model, cfg: S.FlowConfig, steps: Sequence[Step] = STEPS, log: Call
     compute on float64 initializer values (quant/float64_values.py); then those are dropped.
     state: what an earlier run with the same `key` finished (finished_state): start after its
     last step (FINN's start_step idiom: that step's saved model and notes are loaded).
+    on_saved(step name): called after each step's model is saved, for the finished ones too
+    (a resumed run calls it first for those, in order).
     """
     names = [s.__name__ for s in steps]
     exact_until = names.index(EXACT_UNTIL) if EXACT_UNTIL in names else -1
@@ -104,6 +107,8 @@ def run_steps(model, cfg: S.FlowConfig, steps: Sequence[Step] = STEPS, log: Call
         cfg.notes.update(state["notes"])
         model = load_qonnx(cfg.intermediate_dir / f"{names[start - 1]}.onnx")
         log(f"finn: resuming after {names[start - 1]} ({start}/{len(steps)} steps done by an earlier run)")
+    for name in names[:start] if on_saved else ():
+        on_saved(name)
     for i, step in enumerate(steps[start:], start):
         name = step.__name__
         log(f"finn [{i + 1}/{len(steps)}] {name}")
@@ -118,6 +123,8 @@ def run_steps(model, cfg: S.FlowConfig, steps: Sequence[Step] = STEPS, log: Call
         S.save_model(model, cfg.intermediate_dir / f"{name}.onnx")
         write_text(cfg.out_dir / "time_per_step.json", json.dumps(times, indent=2) + "\n")  # in step order
         write_json(cfg.out_dir / FLOW_STATE, {"key": key, "done": names[:i + 1], "times": times, "notes": cfg.notes})
+        if on_saved:
+            on_saved(name)
     return model, times
 
 
@@ -195,7 +202,7 @@ def lower(
     """
     from compilers.finn.checks import check_lowerable
     from compilers.finn.continuation import run_continuation, write_continuation
-    from compilers.finn.parity import check_stages
+    from compilers.finn.parity import StageChecker
 
     ensure_finn()
     part = require_part(part)
@@ -217,12 +224,17 @@ def lower(
     state = finished_state(cfg, key, [s.__name__ for s in STEPS]) if resume else None
     if state is None:
         clear_outputs(cfg)
-    with finn_build_dir(cfg.finn_tmp):
-        _, times = run_steps(model, cfg, log=log, key=key, state=state)
+    with finn_build_dir(cfg.finn_tmp), contextlib.ExitStack() as stack:
+        checker, on_saved = None, None
+        if samples_uint8 is not None:  # each stage's parity runs beside the next step (parity.StageChecker)
+            checker = stack.enter_context(StageChecker(samples_uint8, reference_logits, batch=parity_batch))
+            stages = {s.name: s for s in stage_list(cfg)}
+            on_saved = lambda name: checker.add(stages[name])  # noqa: E731
+        _, times = run_steps(model, cfg, log=log, key=key, state=state, on_saved=on_saved)
         parity = []
-        if samples_uint8 is not None:
+        if checker is not None:
             log(f"finn parity: {len(samples_uint8)} samples x {len(STEPS)} stages")
-            parity = check_stages(stage_list(cfg), samples_uint8, reference_logits, batch=parity_batch)
+            parity = checker.results()
             write_json(cfg.out_dir / "parity.json", [p.to_dict() for p in parity])
         final_path = cfg.intermediate_dir / f"{STEPS[-1].__name__}.onnx"
         cont = write_continuation(cfg, final_path)

@@ -32,6 +32,7 @@ import copy
 import dataclasses
 import hashlib
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -130,45 +131,167 @@ def compare_outputs(outputs: Sequence[np.ndarray], reference) -> tuple[dict, lis
 
 def check_stages(stages: Sequence[Stage], pixels: np.ndarray, reference: np.ndarray, batch: int = 64,
                  localize: bool = True, executor_samples: int = 2) -> list[StageParity]:
-    """Parity of every stage; the first divergent node for stages that are not exact.
+    """Parity of every stage, in this process; the first divergent node for stages that are not exact.
 
     Each stage's batched execution is first compared with FINN's execute_onnx on
     `executor_samples` samples; if they disagree the stage runs FINN's per-sample code.
     """
-    results: list[StageParity] = []
-    last_good: Optional[Stage] = None
-    seen: dict[str, StageParity] = {}
-    for stage in stages:
+    with StageChecker(pixels, reference, batch, localize, executor_samples, background=False) as checker:
+        for stage in stages:
+            checker.add(stage)
+        return checker.results()
+
+
+class StageChecker:
+    """check_stages for stages handed over one at a time (`add`, in flow order) while the
+    flow goes on.
+
+    With `background` the stages execute in one worker process, in order, beside the next
+    FINN step: the flow's transformations and FINN's python execution each keep one core
+    busy, and the machine has two. The worker is spawned (no state forked from a parent
+    that holds torch's thread pools) with one BLAS/OpenMP thread, so the two processes do
+    not fight over cores. `results()` waits for the worker and localizes divergences here.
+    A worker that dies (BrokenProcessPool) costs time, not results: its stages run here.
+    Leaving the `with` block (an error, Ctrl-C, SIGTERM) terminates the worker at once.
+    """
+
+    def __init__(self, pixels: np.ndarray, reference, batch: int = 64, localize: bool = True,
+                 executor_samples: int = 2, background: bool = True):
+        self._pixels, self._localize, self._background = pixels, localize, background
+        self._args = (pixels, reference, batch, executor_samples)
+        self._stages: list[Stage] = []
+        self._pending: list = []  # per stage: a Future, or the measurement itself
+        self._here: Optional[_Measurer] = None
+        self._pool = None
+
+    def __enter__(self) -> "StageChecker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add(self, stage: Stage) -> None:
+        self._stages.append(stage)
+        if not self._background:
+            self._pending.append(self._measure_here(stage))
+            return
+        if self._pool is None:
+            self._pool = _start_worker(self._args)
+        try:
+            self._pending.append(self._pool.submit(_worker_measure, stage))
+        except BrokenProcessPool:
+            self._pending.append(None)  # measured here, in results()
+
+    def results(self) -> list[StageParity]:
+        measured = []
+        for stage, item in zip(self._stages, self._pending):
+            if hasattr(item, "result"):
+                try:
+                    item = item.result()
+                except BrokenProcessPool:
+                    item = None
+            measured.append(self._measure_here(stage) if item is None else item)
+        self.close()
+        results: list[StageParity] = []
+        by_name: dict[str, StageParity] = {}
+        last_good: Optional[Stage] = None
+        for stage, (res, worst_sample, output) in zip(self._stages, measured):
+            if res.same_as:
+                res = dataclasses.replace(res, first_divergence=by_name[res.same_as].first_divergence)
+            elif not res.exact and self._localize:
+                res.first_divergence = first_divergence(stage, last_good, self._pixels[worst_sample : worst_sample + 1],
+                                                        output=output)
+                res.first_divergence["sample"] = worst_sample
+            results.append(res)
+            by_name[stage.name] = res
+            if res.exact:
+                last_good = stage
+        return results
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            if process.is_alive():
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    def _measure_here(self, stage: Stage) -> tuple:
+        if self._here is None:
+            self._here = _Measurer(*self._args)
+        return self._here(stage)
+
+
+class _Measurer:
+    """Measures stages in order (StageParity without localisation, the worst sample, the
+    worst output); a stage whose python-mode graph is an earlier stage's reuses its result."""
+
+    def __init__(self, pixels, reference, batch: int, executor_samples: int):
+        self.pixels, self.reference, self.batch, self.executor_samples = pixels, reference, batch, executor_samples
+        self.seen: dict[str, tuple] = {}
+
+    def __call__(self, stage: Stage) -> tuple:
         t0 = time.perf_counter()
         digest = semantic_digest(stage)
-        if digest in seen:
-            earlier = seen[digest]
-            results.append(dataclasses.replace(earlier, stage=stage.name, same_as=earlier.same_as or earlier.stage,
-                                               seconds=round(time.perf_counter() - t0, 3)))
-            if earlier.exact:
-                last_good = stage
-            continue
+        if digest in self.seen:
+            earlier, worst_sample, output = self.seen[digest]
+            return (dataclasses.replace(earlier, stage=stage.name, same_as=earlier.same_as or earlier.stage,
+                                        seconds=round(time.perf_counter() - t0, 3)), worst_sample, output)
         xcheck, mode = None, "batched"
-        if executor_samples:
-            xcheck = check_executor(stage, pixels[:executor_samples])
+        if self.executor_samples:
+            xcheck = check_executor(stage, self.pixels[: self.executor_samples])
             if xcheck > BIT_EXACT_REL:
                 mode = "per-sample"
-        outs = run_outputs(stage, pixels, batch=batch, reference_mode=mode == "per-sample")
-        m, per = compare_outputs(outs, reference)
-        res = StageParity(stage.name, len(pixels), m["argmax_agreement"], m["max_abs_diff"], m["max_abs_diff_rel"],
-                          m["exact"], 0.0, None, xcheck, mode)
+        outs = run_outputs(stage, self.pixels, batch=self.batch, reference_mode=mode == "per-sample")
+        m, per = compare_outputs(outs, self.reference)
+        res = StageParity(stage.name, len(self.pixels), m["argmax_agreement"], m["max_abs_diff"],
+                          m["max_abs_diff_rel"], m["exact"], round(time.perf_counter() - t0, 3), None, xcheck, mode)
         if len(per) > 1:
             res.outputs = [{k: v for k, v in p.items() if k != "worst_sample"} for p in per]
-        if not m["exact"] and localize:
-            res.first_divergence = first_divergence(stage, last_good, pixels[m["worst_sample"] : m["worst_sample"] + 1],
-                                                    output=m["output"])
-            res.first_divergence["sample"] = m["worst_sample"]
-        res.seconds = round(time.perf_counter() - t0, 3)
-        results.append(res)
-        seen[digest] = res
-        if m["exact"]:
-            last_good = stage
-    return results
+        self.seen[digest] = (res, m["worst_sample"], m["output"])
+        return self.seen[digest]
+
+
+# the worker's one thread per math library (read when each library loads, i.e. at spawn)
+_ONE_THREAD = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+_WORKER: Optional[_Measurer] = None
+
+
+def _start_worker(args: tuple):
+    """One spawned worker process holding a _Measurer of `args`, started now."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    saved = {k: os.environ.get(k) for k in _ONE_THREAD}
+    os.environ.update(_ONE_THREAD)
+    try:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                   initargs=args)
+        pool.submit(int)  # a spawn-context pool starts its process inside submit: it reads the environment now
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return pool
+
+
+def _worker_init(*args) -> None:
+    global _WORKER
+    import torch
+
+    from compilers.finn.env import ensure_finn
+
+    torch.set_num_threads(1)
+    ensure_finn()
+    _WORKER = _Measurer(*args)
+
+
+def _worker_measure(stage: Stage) -> tuple:
+    return _WORKER(stage)
 
 
 # Node attributes that record where generated code lives or what an estimate said: they
