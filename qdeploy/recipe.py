@@ -95,6 +95,9 @@ class ModelConfig(_Section):
     # weight bits of the first conv and of the classifier (None: weight_bits): 8 keeps the two
     # layers QAT is most sensitive to near float, for a small share of the FPGA's resources
     edge_weight_bits: Optional[int] = Field(None, ge=2, le=8)
+    # per-channel weight scales of the QAT model: "max" (max |w| of the channel) or "learned"
+    # (trained in QAT, starting from that max; quant/models/layers.py)
+    weight_scale: Literal["max", "learned"] = "max"
 
 
 class TrainConfig(_Section):

@@ -38,7 +38,8 @@ from core.errors import UserError
 from targets.fpga_parts import get_part
 
 # create_model arguments a model config may carry (recipe.model plus dataset.size)
-_MODEL_KEYS = ("name", "num_classes", "in_size", "width", "weight_bits", "act_bits", "input_bits", "edge_weight_bits")
+_MODEL_KEYS = ("name", "num_classes", "in_size", "width", "weight_bits", "act_bits", "input_bits", "edge_weight_bits",
+               "weight_scale")
 
 
 @dataclass

@@ -24,9 +24,10 @@ def splits(ctx: Context):
 def model_args(ctx: Context, quantized: bool) -> dict:
     r, s = ctx.recipe, splits(ctx)
     m = r.model
-    return dict(name=m.name, num_classes=len(s.class_names), in_size=tuple(r.dataset.size), width=m.width,
+    args = dict(name=m.name, num_classes=len(s.class_names), in_size=tuple(r.dataset.size), width=m.width,
                 weight_bits=m.weight_bits, act_bits=m.act_bits, input_bits=m.input_bits, quantized=quantized,
                 edge_weight_bits=m.edge_weight_bits)
+    return {**args, "weight_scale": m.weight_scale} if quantized else args
 
 
 def test_pixels(ctx: Context, limit: int | None = None) -> np.ndarray:

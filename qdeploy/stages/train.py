@@ -180,7 +180,7 @@ def step_plot_curves(ctx: Context):
 
 # the float model does not depend on QAT's settings: tuning them re-runs QAT and what follows
 step_train_float.ignores = (*(f"train.{k}" for k in TrainConfig.model_fields if k.startswith("qat_")),
-                            "model.edge_weight_bits")
+                            "model.edge_weight_bits", "model.weight_scale")
 
 PREFLIGHT = [check_model]
 STEPS = [step_train_float, step_train_qat, step_evaluate, step_plot_curves]

@@ -11,7 +11,8 @@ Quantizers (why these, for FINN):
   the FPGA graph (uint8 pixels -> Mul(1/255) -> this Quant) sees the same integers as training.
   Below 8 bits it maps [0, 1] onto 2^b - 1 steps (a coarser, still fixed, pixel grid).
 - Weights: `WeightQuant`, signed narrow-range (symmetric, -(2^(b-1)-1)..2^(b-1)-1), scale per
-  output channel from the max |w| of that channel (no learned parameter). Per-channel is what
+  output channel from the max |w| of that channel (no learned parameter); with
+  `weight_scale="learned"` (`LearnedWeightQuant`) that scale is the starting value of a trained one. Per-channel is what
   4-bit depthwise convolutions need, and FINN lowers it: every conv in these models is
   followed by BatchNorm and a quantizer, so streamlining folds the per-channel scale into
   that layer's per-channel thresholds; the head's per-channel scale becomes the final Mul.
@@ -55,6 +56,12 @@ def _brevitas():
     class WeightQuant(Int8WeightPerChannelFloat):
         """Signed narrow-range weights, per-output-channel max scale."""
 
+    class LearnedWeightQuant(WeightQuant):
+        """The same, the per-channel scale a parameter initialised from that max at the first
+        forward pass (after the float weights are loaded) and then trained (LSQ-style)."""
+
+        scaling_impl_type = ScalingImplType.PARAMETER_FROM_STATS
+
     class ReluQuant(Uint8ActPerTensorFloat):
         collect_stats_steps = STATS_STEPS
 
@@ -64,7 +71,8 @@ def _brevitas():
     class Relu6Quant(Uint8ActPerTensorFloatMaxInit):
         max_val = 6.0
 
-    return qnn, dict(input=PixelInputQuant, weight=WeightQuant, relu=ReluQuant, signed=SignedQuant,
+    return qnn, dict(input=PixelInputQuant, weight=WeightQuant, learned_weight=LearnedWeightQuant, relu=ReluQuant,
+                     signed=SignedQuant,
                      relu6=Relu6Quant, trunc=TruncTo8bit)
 
 
@@ -74,6 +82,10 @@ class Bits:
     act: int
     input: int
     edge_weight: Optional[int] = None  # the first conv's and the classifier's weights; None: `weight`
+    weight_scale: str = "max"  # WEIGHT_SCALES: "max" (from max |w| per channel) or "learned" (trained from it)
+
+
+WEIGHT_SCALES = ("max", "learned")
 
 
 class Layers:
@@ -94,6 +106,10 @@ class Layers:
         return self._qnn.QuantIdentity(act_quant=self._q["input"], bit_width=self.bits.input,
                                        return_quant_tensor=True)
 
+    @property
+    def _weight_quant(self):
+        return self._q["learned_weight" if self.bits.weight_scale == "learned" else "weight"]
+
     def _weight_bits(self, edge: bool) -> int:
         return self.bits.edge_weight or self.bits.weight if edge else self.bits.weight
 
@@ -104,7 +120,7 @@ class Layers:
         if not self.quantized:
             return nn.Conv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False)
         return self._qnn.QuantConv2d(cin, cout, kernel, stride, pad, groups=groups, bias=False,
-                                     weight_quant=self._q["weight"], weight_bit_width=self._weight_bits(edge),
+                                     weight_quant=self._weight_quant, weight_bit_width=self._weight_bits(edge),
                                      return_quant_tensor=True)
 
     def relu(self) -> nn.Module:
@@ -139,7 +155,7 @@ class Layers:
         """The classifier (edge: its weights take Bits.edge_weight)."""
         if not self.quantized:
             return nn.Linear(cin, cout, bias=False)
-        return self._qnn.QuantLinear(cin, cout, bias=False, weight_quant=self._q["weight"],
+        return self._qnn.QuantLinear(cin, cout, bias=False, weight_quant=self._weight_quant,
                                      weight_bit_width=self._weight_bits(edge), return_quant_tensor=False)
 
 

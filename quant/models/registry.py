@@ -19,7 +19,7 @@ from typing import Callable
 from torch import nn
 
 from core.errors import UserError
-from quant.models.layers import Bits
+from quant.models.layers import WEIGHT_SCALES, Bits
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def model_info(name: str) -> ModelInfo:
 
 def create_model(name: str, num_classes: int, in_size: tuple[int, int] = (64, 64), width: float = 1.0,
                  weight_bits: int = 4, act_bits: int = 4, input_bits: int = 8,
-                 quantized: bool = True, edge_weight_bits: int | None = None) -> nn.Module:
+                 quantized: bool = True, edge_weight_bits: int | None = None, weight_scale: str = "max") -> nn.Module:
     """Build a model: input float [N,1,H,W] in [0,1], output float logits [N,num_classes].
 
     The returned module carries `create_args` (this call's arguments, JSON-serialisable) so a
@@ -78,15 +78,19 @@ def create_model(name: str, num_classes: int, in_size: tuple[int, int] = (64, 64
     for key, value in checked + ((("edge_weight_bits", edge_weight_bits),) if edge_weight_bits is not None else ()):
         if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 8:
             raise UserError(f"model {name}: {key} must be an integer from 2 to 8 (2, 3, ..., 8), got {value!r}")
+    if weight_scale not in WEIGHT_SCALES:
+        raise UserError(f"model {name}: weight_scale must be one of {', '.join(WEIGHT_SCALES)}, got {weight_scale!r}")
     info = _INFO[name]
     if quantized and info.int8_only:
         raise UserError(f"{name} uses SiLU and squeeze-excite, which FINN cannot lower; use it for targets "
                         f"npu/gpu (INT8 via NNCF) or choose {'|'.join(list_fpga_models())} for fpga")
-    bits = Bits(weight_bits, act_bits, input_bits, edge_weight_bits) if quantized else None
+    bits = Bits(weight_bits, act_bits, input_bits, edge_weight_bits, weight_scale) if quantized else None
     model = _ENTRYPOINTS[name](num_classes, in_size, float(width), bits)
     model.create_args = dict(name=name, num_classes=num_classes, in_size=list(in_size), width=float(width),
                              weight_bits=weight_bits, act_bits=act_bits, input_bits=input_bits,
                              quantized=bool(quantized), edge_weight_bits=edge_weight_bits)
+    if weight_scale != "max":  # checkpoints of the default keep their arguments
+        model.create_args["weight_scale"] = weight_scale
     return model
 
 
