@@ -32,8 +32,13 @@ def flow_input():
 
 
 def _lower(path, out_dir, pixels, reference, messages):
+    """lower() on the small net, with the parity worker from the start (a flow this short
+    would otherwise check its stages in process: flow.PARITY_WORKER_AFTER_S)."""
+    from compilers.finn import flow
+
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("XILINX_VIVADO", raising=False)
+        mp.setattr(flow, "PARITY_WORKER_AFTER_S", 0.0)
         return lower(path, out_dir, get_part("zcu104"), clock_mhz=200, target_fps=2000, budget=0.7,
                      samples_uint8=pixels, reference_logits=reference, log=messages.append)
 

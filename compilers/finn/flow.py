@@ -56,6 +56,9 @@ STEPS: tuple[Step, ...] = (
 )
 PARTITION_STEP = "create_dataflow_partition"
 EXACT_UNTIL = "convert_to_hw"  # its RoundAndClipThresholds makes every threshold an integer
+# a flow still running after this many seconds checks its stages in a worker process beside it
+# (parity.StageChecker); a shorter one (a small model) checks them afterwards, in this process
+PARITY_WORKER_AFTER_S = 30.0
 
 
 @dataclass
@@ -227,7 +230,8 @@ def lower(
     with finn_build_dir(cfg.finn_tmp), contextlib.ExitStack() as stack:
         checker, on_saved = None, None
         if samples_uint8 is not None:  # each stage's parity runs beside the next step (parity.StageChecker)
-            checker = stack.enter_context(StageChecker(samples_uint8, reference_logits, batch=parity_batch))
+            checker = stack.enter_context(StageChecker(samples_uint8, reference_logits, batch=parity_batch,
+                                                       background_after_s=PARITY_WORKER_AFTER_S))
             stages = {s.name: s for s in stage_list(cfg)}
             on_saved = lambda name: checker.add(stages[name])  # noqa: E731
         _, times = run_steps(model, cfg, log=log, key=key, state=state, on_saved=on_saved)

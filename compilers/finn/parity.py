@@ -148,7 +148,10 @@ class StageChecker:
 
     With `background` the stages execute in one worker process, in order, beside the next
     FINN step: the flow's transformations and FINN's python execution each keep one core
-    busy, and the machine has two. The worker is spawned (no state forked from a parent
+    busy, and the machine has two. The worker starts at the first stage handed over once
+    `background_after_s` have passed (it takes the stages queued until then): a flow that is
+    over sooner (a small model) checks its stages here, after the flow, without the cost
+    of starting a process. The worker is spawned (no state forked from a parent
     that holds torch's thread pools) with one BLAS/OpenMP thread, so the two processes do
     not fight over cores. `results()` waits for the worker and localizes divergences here.
     A worker that dies (BrokenProcessPool) costs time, not results: its stages run here.
@@ -156,8 +159,9 @@ class StageChecker:
     """
 
     def __init__(self, pixels: np.ndarray, reference, batch: int = 64, localize: bool = True,
-                 executor_samples: int = 2, background: bool = True):
+                 executor_samples: int = 2, background: bool = True, background_after_s: float = 0.0):
         self._pixels, self._localize, self._background = pixels, localize, background
+        self._start_by = time.perf_counter() + background_after_s
         self._args = (pixels, reference, batch, executor_samples)
         self._stages: list[Stage] = []
         self._pending: list = []  # per stage: a Future, or the measurement itself
@@ -175,12 +179,15 @@ class StageChecker:
         if not self._background:
             self._pending.append(self._measure_here(stage))
             return
-        if self._pool is None:
+        self._pending.append(None)  # measured here, in results(), unless a worker takes it
+        if self._pool is None and time.perf_counter() >= self._start_by:
             self._pool = _start_worker(self._args)
-        try:
-            self._pending.append(self._pool.submit(_worker_measure, stage))
-        except BrokenProcessPool:
-            self._pending.append(None)  # measured here, in results()
+        for i, item in enumerate(self._pending if self._pool is not None else ()):
+            if item is None:
+                try:
+                    self._pending[i] = self._pool.submit(_worker_measure, self._stages[i])
+                except BrokenProcessPool:
+                    break
 
     def results(self) -> list[StageParity]:
         measured = []
