@@ -164,7 +164,8 @@ class StageChecker:
         self._start_by = time.perf_counter() + background_after_s
         self._args = (pixels, reference, batch, executor_samples)
         self._stages: list[Stage] = []
-        self._pending: list = []  # per stage: a Future, or the measurement itself
+        self._pending: list = []  # per stage: a Future, the measurement itself, or None (not measured yet)
+        self._submitted = 0  # stages handed to the worker so far (the first ones, in order)
         self._here: Optional[_Measurer] = None
         self._pool = None
 
@@ -182,12 +183,12 @@ class StageChecker:
         self._pending.append(None)  # measured here, in results(), unless a worker takes it
         if self._pool is None and time.perf_counter() >= self._start_by:
             self._pool = _start_worker(self._args)
-        for i, item in enumerate(self._pending if self._pool is not None else ()):
-            if item is None:
-                try:
-                    self._pending[i] = self._pool.submit(_worker_measure, self._stages[i])
-                except BrokenProcessPool:
-                    break
+        while self._pool is not None and self._submitted < len(self._stages):
+            try:
+                self._pending[self._submitted] = self._pool.submit(_worker_measure, self._stages[self._submitted])
+            except BrokenProcessPool:
+                return
+            self._submitted += 1
 
     def results(self) -> list[StageParity]:
         measured = []

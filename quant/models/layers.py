@@ -12,10 +12,11 @@ Quantizers (why these, for FINN):
   Below 8 bits it maps [0, 1] onto 2^b - 1 steps (a coarser, still fixed, pixel grid).
 - Weights: `WeightQuant`, signed narrow-range (symmetric, -(2^(b-1)-1)..2^(b-1)-1), scale per
   output channel from the max |w| of that channel (no learned parameter); with
-  `weight_scale="learned"` (`LearnedWeightQuant`) that scale is the starting value of a trained one. Per-channel is what
-  4-bit depthwise convolutions need, and FINN lowers it: every conv in these models is
-  followed by BatchNorm and a quantizer, so streamlining folds the per-channel scale into
-  that layer's per-channel thresholds; the head's per-channel scale becomes the final Mul.
+  `weight_scale="learned"` (`LearnedWeightQuant`) that scale is the starting value of a
+  trained one. Per-channel is what 4-bit depthwise convolutions need, and FINN lowers it:
+  every conv in these models is followed by BatchNorm and a quantizer, so streamlining folds
+  the per-channel scale into that layer's per-channel thresholds; the head's per-channel
+  scale becomes the final Mul.
 - Activations: `ReluQuant` (unsigned) and `SignedQuant` (signed), per-tensor, scale learned
   after being initialised from the 99.999th percentile of the first `STATS_STEPS` training
   batches. `Relu6Quant` is the learned-clip ReLU6 of effnet_lite: unsigned, per-tensor, scale
@@ -71,9 +72,8 @@ def _brevitas():
     class Relu6Quant(Uint8ActPerTensorFloatMaxInit):
         max_val = 6.0
 
-    return qnn, dict(input=PixelInputQuant, weight=WeightQuant, learned_weight=LearnedWeightQuant, relu=ReluQuant,
-                     signed=SignedQuant,
-                     relu6=Relu6Quant, trunc=TruncTo8bit)
+    return qnn, dict(input=PixelInputQuant, weight=WeightQuant, learned_weight=LearnedWeightQuant,
+                     relu=ReluQuant, signed=SignedQuant, relu6=Relu6Quant, trunc=TruncTo8bit)
 
 
 @dataclass(frozen=True)
